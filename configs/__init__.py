@@ -1,0 +1,1 @@
+"""Run configs: plain Python files with get_config() (big_vision style)."""

@@ -1,0 +1,3 @@
+"""Data: the common in-memory structure, the simulator, readers, TFDS builders, pipeline."""
+
+from jaxvna.data.dataset import DataError, Dataset, Recording, SPLITS, summarize

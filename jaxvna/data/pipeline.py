@@ -1,0 +1,425 @@
+"""The input pipeline: random-access example sources and a sharded, resumable grain iterator.
+
+Records. A source is a random-access sequence of *records*, one per (recording, image) of
+one split, in a fixed order (recordings in dataset order, images in stored order):
+
+  "image"        (H, W, C) uint8
+  "responses"    (R_max, K_max) float32; NaN where the repeat was not recorded or the
+                 neuron index is beyond the recording's neuron count
+  "subject"      () int32, the recording's index in the dataset
+  "stimulus_id"  () int64
+  "num_neurons"  () int32
+
+`DatasetSource` builds them from an in-memory `Dataset`; `tfds_builders.PreparedSource`
+reads the same records from a prepared ArrayRecord copy (`tfds_builders.prepare`).
+
+Batches. `make_train_iterator` draws records, turns each into a training example (one
+random recorded repeat, or the mean over repeats) and yields global batches as jax Arrays
+split over the mesh axis "data":
+
+  "image"        (B, H, W, C) uint8
+  "response"     (B, K_max) float32, zero beyond each example's neurons
+  "neuron_mask"  (B, K_max) bool, True for the example's real neurons
+  "subject"      (B,) int32
+  "stimulus_id"  (B,) int64 (int32 unless jax_enable_x64 is on)
+
+Order and randomness depend only on the seed and the position of an example in the
+global stream, never on the number of processes, threads or devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from jaxvna.data.dataset import Dataset, DataError, split_index
+
+RESPONSE_MODES = ("trial", "mean")
+SUBJECT_WEIGHTINGS = ("size", "equal")
+MAX_SEED = 2**32  # grain's shuffle takes 32-bit seeds
+
+
+# ----------------------------------------------------------------------------
+# Records (the format shared with the TFDS builders)
+# ----------------------------------------------------------------------------
+
+RECORD_DTYPES = {"image": np.uint8, "responses": np.float32, "subject": np.int32,
+                 "stimulus_id": np.int64, "num_neurons": np.int32}
+
+
+def as_record(values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """A record with the canonical numpy dtypes (readers may return Python scalars)."""
+  return {k: np.asarray(values[k], dtype)[()] for k, dtype in RECORD_DTYPES.items()}
+
+
+def record_shape(dataset: Dataset) -> tuple[int, int]:
+  """(R_max, K_max): the padded response shape of every record of `dataset`."""
+  return (max(r.responses.shape[1] for r in dataset.recordings),
+          max(dataset.neuron_counts))
+
+
+def split_order(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """The record order of one split.
+
+  Returns:
+    (subjects, image_indices): (n,) int32 recording index and (n,) int64 image index
+    within that recording of each record; recordings in dataset order, images in
+    stored order.
+  """
+  split_index(split)
+  subjects, images = [], []
+  for s, rec in enumerate(dataset.recordings):
+    idx = rec.indices(split)
+    subjects.append(np.full(idx.shape, s, np.int32))
+    images.append(idx.astype(np.int64))
+  return np.concatenate(subjects), np.concatenate(images)
+
+
+def make_record(dataset: Dataset, subject: int, image_index: int,
+                shape: tuple[int, int]) -> dict[str, np.ndarray]:
+  """The record of image `image_index` of recording `subject`, responses padded to `shape`."""
+  rec = dataset.recordings[subject]
+  responses = np.full(shape, np.nan, np.float32)
+  r, k = rec.responses.shape[1:]
+  responses[:r, :k] = rec.responses[image_index]
+  return {"image": rec.images[image_index],
+          "responses": responses,
+          "subject": np.int32(subject),
+          "stimulus_id": np.int64(rec.stimulus_ids[image_index]),
+          "num_neurons": np.int32(k)}
+
+
+class ExampleSource(Protocol):
+  """What the pipeline needs of a source (see the module docstring for the records)."""
+
+  subjects: np.ndarray  # (n,) int32 subject of each record, in record order
+  neuron_counts: tuple[int, ...]
+  record_shape: tuple[int, int]
+  image_shape: tuple[int, ...]
+
+  def __len__(self) -> int: ...
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]: ...
+
+
+class DatasetSource:
+  """Random access to the records of one split of an in-memory `Dataset`."""
+
+  def __init__(self, dataset: Dataset, split: str):
+    self.dataset = dataset
+    self.split = split
+    self.subjects, self._image_indices = split_order(dataset, split)
+    if not len(self.subjects):
+      raise DataError(f"dataset {dataset.name!r}: split {split!r} holds no images")
+    self.neuron_counts = dataset.neuron_counts
+    self.record_shape = record_shape(dataset)
+    self.image_shape = dataset.image_shape
+
+  def __len__(self) -> int:
+    return len(self.subjects)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"record {index} out of range for {len(self)} records")
+    return make_record(self.dataset, int(self.subjects[index]),
+                       int(self._image_indices[index]), self.record_shape)
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    return [self[i] for i in indices]
+
+  def __repr__(self):
+    return f"DatasetSource({self.dataset.name!r}, {self.split!r}, {len(self)} records)"
+
+
+# ----------------------------------------------------------------------------
+# Per-example transforms
+# ----------------------------------------------------------------------------
+
+def example_rng(seed: int, position: int) -> np.random.Generator:
+  """The generator for the example at `position` of the global stream of run `seed`."""
+  return np.random.default_rng([seed, position])
+
+
+def to_example(record: Mapping[str, np.ndarray], response_mode: str,
+               rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+  """One training example from a record.
+
+  Args:
+    record: a record (see the module docstring).
+    response_mode: "trial" picks one recorded repeat uniformly at random with `rng`;
+      "mean" averages the recorded repeats.
+    rng: needed for "trial".
+
+  Returns:
+    {"image" (H,W,C) uint8, "response" (K_max,) float32 zero-padded, "neuron_mask"
+    (K_max,) bool, "subject" () int32, "stimulus_id" () int64}.
+  """
+  responses = np.asarray(record["responses"], np.float32)
+  k_max = responses.shape[1]
+  mask = np.arange(k_max) < int(record["num_neurons"])
+  # Neuron 0 always exists, so its NaNs mark the repeats that were not recorded.
+  recorded = np.flatnonzero(~np.isnan(responses[:, 0]))
+  if response_mode == "trial":
+    response = responses[recorded[rng.integers(len(recorded))]]
+  elif response_mode == "mean":
+    response = responses[recorded].mean(axis=0)
+  else:
+    raise ValueError(f"response_mode: expected one of {RESPONSE_MODES}, got {response_mode!r}")
+  return {"image": np.asarray(record["image"], np.uint8),
+          "response": np.where(mask, response, 0.0).astype(np.float32),
+          "neuron_mask": mask,
+          "subject": np.int32(record["subject"]),
+          "stimulus_id": np.int64(record["stimulus_id"])}
+
+
+# ----------------------------------------------------------------------------
+# The global stream of record indices
+# ----------------------------------------------------------------------------
+
+def _check_seed(seed: int) -> int:
+  if not 0 <= int(seed) < MAX_SEED:
+    raise ValueError(f"seed: expected an integer in [0, 2**32), got {seed}")
+  return int(seed)
+
+
+def record_stream(source: ExampleSource, *, seed: int, subject_weighting: str = "size",
+                  num_epochs: int | None = None):
+  """The record index drawn at each position of the global stream.
+
+  "size": every record once per epoch in a fresh shuffled order (subjects are drawn in
+  proportion to their number of records). "equal": `grain.MapDataset.mix` of one
+  endlessly reshuffled stream per subject with equal weights, so every subject supplies
+  the same share of each batch, small subjects repeating more often; an "epoch" is then
+  `len(source)` draws.
+
+  Returns:
+    a `grain.MapDataset` of int record indices, infinite when `num_epochs` is None.
+  """
+  import grain
+  seed = _check_seed(seed)
+  n = len(source)
+  if num_epochs is not None and num_epochs < 1:
+    raise ValueError(f"num_epochs: expected None or >= 1, got {num_epochs}")
+  if subject_weighting == "size":
+    return grain.MapDataset.range(n).shuffle(seed=seed).repeat(num_epochs)
+  if subject_weighting != "equal":
+    raise ValueError(f"subject_weighting: expected one of {SUBJECT_WEIGHTINGS}, "
+                     f"got {subject_weighting!r}")
+  parts = []
+  for s in range(len(source.neuron_counts)):
+    members = np.flatnonzero(source.subjects == s)
+    if not len(members):
+      continue  # a subject without records in this split cannot be drawn
+    # Distinct shuffles per subject; the offset keeps them apart from other seeds' streams.
+    sub_seed = (seed + 7919 * (s + 1)) % MAX_SEED
+    parts.append(grain.MapDataset.range(len(members)).shuffle(seed=sub_seed).repeat()
+                 .map(lambda j, members=members: int(members[j])))
+  mixed = grain.MapDataset.mix(parts, weights=[1.0] * len(parts))
+  return mixed if num_epochs is None else mixed[:num_epochs * n]
+
+
+# ----------------------------------------------------------------------------
+# Process-local batches
+# ----------------------------------------------------------------------------
+
+def process_rows(global_batch_size: int, process_index: int, process_count: int) -> slice:
+  """Rows of each global batch read by one of `process_count` equal processes."""
+  if global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} is not a multiple of the "
+                     f"{process_count} processes")
+  per = global_batch_size // process_count
+  return slice(process_index * per, (process_index + 1) * per)
+
+
+def sharding_rows(sharding, global_batch_size: int) -> slice:
+  """The contiguous rows of a batch that this process's devices hold under `sharding`."""
+  index_map = sharding.addressable_devices_indices_map((global_batch_size,))
+  starts = sorted({idx[0].indices(global_batch_size)[:2] for idx in index_map.values()})
+  lo, hi = starts[0][0], starts[-1][1]
+  covered = sum(stop - start for start, stop in starts)
+  if covered != hi - lo:
+    raise ValueError(f"this process's devices hold non-contiguous rows {starts} of the batch; "
+                     "order the mesh's devices by process")
+  return slice(lo, hi)
+
+
+def _stack(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def _read(source, indices: list[int]) -> list[dict[str, np.ndarray]]:
+  getitems = getattr(source, "__getitems__", None)
+  return list(getitems(indices)) if getitems else [source[i] for i in indices]
+
+
+def make_local_batches(source: ExampleSource, *, global_batch_size: int, rows: slice,
+                       seed: int, response_mode: str = "trial",
+                       subject_weighting: str = "size", num_epochs: int | None = None):
+  """This process's rows of every global batch, as a `grain.MapDataset` of numpy dicts.
+
+  Global batch b holds stream positions [b*B, (b+1)*B); this process reads only the
+  positions `b*B + rows`, so it never touches another process's records. The last
+  incomplete global batch of a finite stream is dropped.
+
+  Returns:
+    a `grain.MapDataset` whose element b is the process-local part of global batch b
+    (keys and shapes as in the module docstring, leading dimension rows.stop-rows.start).
+  """
+  import grain
+  if response_mode not in RESPONSE_MODES:
+    raise ValueError(f"response_mode: expected one of {RESPONSE_MODES}, got {response_mode!r}")
+  if global_batch_size < 1:
+    raise ValueError(f"global_batch_size: expected >= 1, got {global_batch_size}")
+  seed = _check_seed(seed)
+  stream = record_stream(source, seed=seed, subject_weighting=subject_weighting,
+                         num_epochs=num_epochs)
+  num_batches = len(stream) // global_batch_size
+  if num_batches == 0:
+    raise ValueError(f"{len(stream)} examples do not fill one batch of {global_batch_size}")
+  offsets = np.arange(rows.start, rows.stop)
+
+  def load(batch_index: int) -> dict[str, np.ndarray]:
+    positions = batch_index * global_batch_size + offsets
+    records = _read(source, [stream[int(p)] for p in positions])
+    rngs = [example_rng(seed, int(p)) if response_mode == "trial" else None for p in positions]
+    return _stack([to_example(r, response_mode, g) for r, g in zip(records, rngs)])
+
+  return grain.MapDataset.range(num_batches).map(load)
+
+
+# ----------------------------------------------------------------------------
+# Global sharded batches
+# ----------------------------------------------------------------------------
+
+class TrainIterator:
+  """Yields global batches (dicts of jax Arrays sharded along "data"); resumable.
+
+  `get_state()` returns a JSON-serialisable dict; `set_state(state)` on an iterator built
+  with the same arguments continues with exactly the batches that would have followed.
+  """
+
+  def __init__(self, local_batches, *, sharding, global_batch_size: int,
+               fingerprint: Mapping[str, Any], num_threads: int, prefetch_batches: int):
+    import grain
+    self._sharding = sharding
+    self._global_batch_size = global_batch_size
+    self._fingerprint = dict(fingerprint)
+    self._num_batches = len(local_batches)
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
+    self._iterator = iter(local_batches.to_iter_dataset(options))
+
+  def __iter__(self) -> Iterator[dict[str, Any]]:
+    return self
+
+  def __next__(self) -> dict[str, Any]:
+    import jax
+    local = next(self._iterator)
+    if not jax.config.jax_enable_x64:
+      local["stimulus_id"] = _as_int32(local["stimulus_id"])
+    return {k: jax.make_array_from_process_local_data(
+        self._sharding, v, (self._global_batch_size, *v.shape[1:])) for k, v in local.items()}
+
+  def __len__(self) -> int:
+    """Number of global batches (sys.maxsize // B for an endless stream)."""
+    return self._num_batches
+
+  def get_state(self) -> dict[str, Any]:
+    return {"next_batch": int(self._iterator.get_state()["next_index"]), **self._fingerprint}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    mismatched = {k: (state.get(k), v) for k, v in self._fingerprint.items() if state.get(k) != v}
+    if mismatched:
+      raise ValueError("input pipeline state was saved by a different pipeline "
+                       f"(saved, current): {mismatched}")
+    self._iterator.set_state({"next_index": int(state["next_batch"])})
+
+
+def _as_int32(ids: np.ndarray) -> np.ndarray:
+  info = np.iinfo(np.int32)
+  if ids.size and (ids.min() < info.min or ids.max() > info.max):
+    raise DataError(f"stimulus_id: values up to {ids.max()} do not fit int32; "
+                    "enable jax_enable_x64 to keep 64-bit ids")
+  return ids.astype(np.int32)
+
+
+def make_train_iterator(source: ExampleSource, *, global_batch_size: int, mesh, seed: int,
+                        response_mode: str = "trial", num_epochs: int | None = None,
+                        subject_weighting: str = "size", num_threads: int = 2,
+                        prefetch_batches: int = 4) -> TrainIterator:
+  """The training input: shuffled, mixed-subject global batches sharded over "data".
+
+  Args:
+    source: a `DatasetSource` or `tfds_builders.PreparedSource` (usually the train split).
+    global_batch_size: B, a multiple of the mesh's "data" axis size.
+    mesh: a `jax.sharding.Mesh` with a "data" axis; batches get NamedSharding(mesh,
+      P("data")) and each process reads only the rows its devices hold.
+    seed: in [0, 2**32); fixes the order and the repeats drawn.
+    response_mode: "trial" (one random recorded repeat per example) or "mean".
+    num_epochs: None for an endless stream, else the stream holds num_epochs *
+      len(source) draws (the last incomplete batch is dropped).
+    subject_weighting: "size" (each record once per epoch, so subjects in proportion to
+      their records) or "equal" (each subject the same share of every batch).
+    num_threads, prefetch_batches: grain read threads and the batches read ahead.
+
+  Returns:
+    a `TrainIterator`.
+  """
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  sharding = NamedSharding(mesh, P("data"))
+  data_size = mesh.shape["data"]
+  if global_batch_size % data_size:
+    raise ValueError(f"global_batch_size={global_batch_size} is not a multiple of the "
+                     f"{data_size} devices on the mesh's 'data' axis")
+  rows = sharding_rows(sharding, global_batch_size)
+  local = make_local_batches(source, global_batch_size=global_batch_size, rows=rows, seed=seed,
+                             response_mode=response_mode, subject_weighting=subject_weighting,
+                             num_epochs=num_epochs)
+  fingerprint = {"seed": int(seed), "global_batch_size": int(global_batch_size),
+                 "response_mode": response_mode, "subject_weighting": subject_weighting,
+                 "num_epochs": num_epochs, "num_records": len(source)}
+  return TrainIterator(local, sharding=sharding, global_batch_size=global_batch_size,
+                       fingerprint=fingerprint, num_threads=num_threads,
+                       prefetch_batches=prefetch_batches)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation arrays
+# ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class EvalArrays:
+  """The images and responses of one recording in one split, in stored order."""
+
+  subject: int
+  name: str
+  images: np.ndarray  # (N, H, W, C) uint8
+  responses: np.ndarray  # (N, R, K) float32, NaN for repeats not recorded
+  stimulus_ids: np.ndarray  # (N,) int64
+
+  @property
+  def mean_responses(self) -> np.ndarray:
+    """(N, K) float32 average over the recorded repeats."""
+    counts = np.maximum(np.sum(~np.isnan(self.responses[..., 0]), axis=1), 1)[:, None]
+    return (np.nansum(self.responses, axis=1) / counts).astype(np.float32)
+
+
+def eval_arrays(dataset: Dataset, split: str) -> list[EvalArrays]:
+  """Held-out data per recording (recordings without images in `split` are left out)."""
+  split_index(split)
+  out = []
+  for s, rec in enumerate(dataset.recordings):
+    idx = rec.indices(split)
+    if len(idx):
+      out.append(EvalArrays(subject=s, name=rec.name, images=rec.images[idx],
+                            responses=rec.responses[idx],
+                            stimulus_ids=rec.stimulus_ids[idx].astype(np.int64)))
+  return out
+
+
+__all__ = ["DatasetSource", "EvalArrays", "RECORD_DTYPES", "RESPONSE_MODES",
+           "SUBJECT_WEIGHTINGS", "TrainIterator", "as_record", "eval_arrays", "example_rng",
+           "make_local_batches", "make_record", "make_train_iterator", "process_rows",
+           "record_shape", "record_stream", "sharding_rows", "split_order", "to_example"]
