@@ -26,6 +26,7 @@ setuptools.setup(
         "ml_collections>=1.1",
         "numpy>=2.0",
         "scipy>=1.11",
+        "scikit-image>=0.22",  # the offline photographs mixed into simulated images
         "absl-py",
         "importlib_resources",
         "pillow",

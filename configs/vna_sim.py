@@ -1,0 +1,45 @@
+"""VNA and its baselines on the embedded simulator: the default of `jaxvna demo`.
+
+  jaxvna train --config=configs/vna_sim.py --workdir=W [--config.train.steps=...]
+  jaxvna train --config=configs/vna_sim.py:direct_encoding --workdir=W
+"""
+
+import ml_collections
+
+
+def get_config(method: str = "vna"):
+  c = ml_collections.ConfigDict()
+  c.method = method  # vna | direct_encoding | direct_decoding
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.kind = "simulator"
+  c.data.kwargs = ml_collections.ConfigDict(dict(seed=0, num_subjects=3, num_images=5000,
+                                                 image_size=64))
+  c.data.response_mode = "trial"  # train on single trials (mean: trial averages)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.embed_dim = 128
+  c.model.image_tower = ml_collections.ConfigDict(dict(
+      type="cnn", channels=(32, 64, 128), front_end=None, hidden=(256,)))
+  c.model.neural_tower = ml_collections.ConfigDict(dict(
+      readin_dim=256, hidden=(512, 256), neuron_dropout=0.1, preprocess="log1p"))
+  c.model.init_temperature = 0.07
+  c.model.min_temperature = 0.01
+  c.model.dtype = "float32"
+
+  c.loss = ml_collections.ConfigDict(dict(type="clip", impl="gather"))
+  c.baseline = ml_collections.ConfigDict(dict(encoding_loss="poisson", decoding_loss="mse"))
+  c.model.decoder_size = 16
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-3, weight_decay=1e-4, warmup_steps=100, final_lr_fraction=0.01, clip_norm=1.0,
+      max_consecutive_nonfinite=10))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1500, batch_size=256, checkpoint_every=500, keep_checkpoints=3, log_every=50,
+      progress_bar=True))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      split="test", n_ways=(2, 10, 50, 100, "all"), draws=200, seed=0, gabor_ridge=True))
+  return c

@@ -1,0 +1,87 @@
+"""The `jaxvna` command line: `jaxvna <command> --config=... [--config.a.b=value] [flags]`.
+
+Commands:
+  demo   train VNA and the baselines on the embedded simulator and compare them.
+  data   print a summary of the configured dataset; with --prepare_dir, build its TFDS copy.
+  train  train the configured model, then evaluate it (workdir/results.json).
+  eval   evaluate the latest checkpoint in --workdir.
+  bench  time the configured training step against the CPU's matmul peak.
+"""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = ("demo", "data", "train", "eval", "bench")
+_DEFAULT_CONFIG = {"demo": "vna_sim.py", "data": "vna_sim.py", "bench": "bench_dina_mlp.py"}
+
+
+def _packaged_config(name: str) -> str:
+  import importlib.resources
+  return str(importlib.resources.files("jaxvna.configs") / name)
+
+
+def _usage() -> str:
+  return __doc__.strip() + "\n\nRun `jaxvna <command> --helpfull` for every flag."
+
+
+def _define_flags(command: str):
+  from absl import flags
+  from ml_collections import config_flags
+  default = _DEFAULT_CONFIG.get(command)
+  config_flags.DEFINE_config_file(
+      "config", _packaged_config(default) if default else None,
+      "Path to a config file (a Python file with get_config()); `path:arg` passes arg.",
+      lock_config=True)
+  flags.DEFINE_string("workdir", "workdir" if command != "data" else None,
+                      "Folder for checkpoints, logs and results.")
+  flags.DEFINE_bool("force", False, "Reuse a workdir that holds a run of another config.")
+  flags.DEFINE_string("prepare_dir", None, "data: build the TFDS (ArrayRecord) copy here.")
+  return flags.FLAGS
+
+
+def _main(command: str, flags_values) -> int:
+  config = flags_values.config
+  if config is None:
+    raise SystemExit(f"jaxvna {command}: --config is required")
+  if command == "data":
+    from jaxvna.data import readers, summarize
+    if flags_values.prepare_dir:
+      from jaxvna.data import tfds_builders
+      path = tfds_builders.prepare(config.data.kind, flags_values.prepare_dir,
+                                   reader_kwargs=dict(config.data.kwargs))
+      print(f"prepared {config.data.kind} at {path}")
+    print(summarize(readers.load(config.data.kind, **config.data.kwargs)))
+    return 0
+  if command == "bench":
+    from jaxvna.training import bench
+    bench.run(config)
+    return 0
+  from jaxvna.training import train
+  if command == "train":
+    train.train_and_evaluate(config, flags_values.workdir, force=flags_values.force)
+  elif command == "eval":
+    train.evaluate_workdir(config, flags_values.workdir)
+  elif command == "demo":
+    train.demo(config, flags_values.workdir, force=flags_values.force)
+  return 0
+
+
+def run(argv=None):
+  """Console-script entry point."""
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(_usage())
+    return 0 if len(argv) >= 2 else 2
+  command = argv[1]
+  if command not in COMMANDS:
+    print(f"jaxvna: unknown command {command!r}; expected one of {COMMANDS}\n", file=sys.stderr)
+    print(_usage(), file=sys.stderr)
+    return 2
+  from absl import app
+  flags_values = _define_flags(command)
+  app.run(lambda _: _main(command, flags_values), argv=[f"jaxvna {command}"] + argv[2:])
+
+
+if __name__ == "__main__":
+  sys.exit(run())

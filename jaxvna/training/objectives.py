@@ -1,0 +1,111 @@
+"""Training objectives: one function per method, all with the signature
+
+    objective(params, batch, rng) -> (loss, metrics)
+
+where `batch` is the pipeline's global batch dict ("image" (B,H,W,C) uint8, "response"
+(B,K) float32 zero-padded, "neuron_mask" (B,K) bool, "subject" (B,) int32). The trainer
+differentiates whichever objective the config selects inside its single jitted step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxvna import losses
+
+Objective = Callable[..., tuple[jax.Array, dict]]
+
+
+def downsample_images(images: jax.Array, size: int) -> jax.Array:
+  """(B, H, W, C) uint8 or float -> (B, size*size) float32 grey in [0, 1], area-averaged.
+
+  The direct-decoding target; H and W must be multiples of `size`.
+  """
+  x = images.astype(jnp.float32)
+  if images.dtype == jnp.uint8:
+    x = x / 255.0
+  x = x.mean(axis=-1)
+  b, h, w = x.shape
+  if h % size or w % size:
+    raise ValueError(f"image size {h}x{w} is not a multiple of decoder size {size}")
+  x = x.reshape(b, size, h // size, size, w // size).mean(axis=(2, 4))
+  return x.reshape(b, size * size)
+
+
+def poisson_nll(rates: jax.Array, counts: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean over recorded neurons of the Poisson negative log-likelihood (no log y! term).
+
+  rates, counts, mask: (B, K); entries where mask is False are ignored.
+  """
+  nll = rates - counts * jnp.log(rates + 1e-6)
+  return jnp.sum(jnp.where(mask, nll, 0.0)) / jnp.maximum(mask.sum(), 1)
+
+
+def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean squared error over entries where mask is True. All arrays (B, K)."""
+  return jnp.sum(jnp.where(mask, (pred - target) ** 2, 0.0)) / jnp.maximum(mask.sum(), 1)
+
+
+def negative_correlation(pred: jax.Array, target: jax.Array) -> jax.Array:
+  """1 - mean row-wise Pearson correlation. pred, target: (B, P)."""
+  p = pred - pred.mean(-1, keepdims=True)
+  t = target - target.mean(-1, keepdims=True)
+  r = (p * t).sum(-1) / jnp.sqrt((p * p).sum(-1) * (t * t).sum(-1) + 1e-8)
+  return 1.0 - r.mean()
+
+
+def make_objective(config, model, mesh) -> Objective:
+  """Returns the objective of `config.method` for `model` (a module from build_model)."""
+  method = config.method
+  if method == "vna":
+    loss_cfg = config.loss
+
+    def vna(params, batch, rng):
+      img_emb, neu_emb, temperature, bias = model.apply(
+          {"params": params}, batch["image"], batch["response"], batch["subject"],
+          train=True, rngs={"dropout": rng})
+      if loss_cfg.type == "clip":
+        loss = losses.clip_loss(img_emb, neu_emb, temperature, mesh=mesh, impl=loss_cfg.impl)
+      elif loss_cfg.type == "sigmoid":
+        loss = losses.sigmoid_loss(img_emb, neu_emb, temperature, bias, mesh=mesh,
+                                   impl=loss_cfg.impl)
+      else:
+        raise ValueError(f"config.loss.type: unknown {loss_cfg.type!r}; expected clip|sigmoid")
+      return loss, {"loss": loss, "temperature": temperature}
+    return vna
+
+  if method == "direct_encoding":
+    kind = config.baseline.encoding_loss
+
+    def direct_encoding(params, batch, rng):
+      rates = model.apply({"params": params}, batch["image"], batch["subject"], train=True,
+                          rngs={"dropout": rng})
+      if kind == "poisson":
+        loss = poisson_nll(rates, batch["response"], batch["neuron_mask"])
+      elif kind == "mse":
+        loss = masked_mse(rates, batch["response"], batch["neuron_mask"])
+      else:
+        raise ValueError(f"config.baseline.encoding_loss: unknown {kind!r}; expected poisson|mse")
+      return loss, {"loss": loss}
+    return direct_encoding
+
+  if method == "direct_decoding":
+    kind, size = config.baseline.decoding_loss, config.model.decoder_size
+
+    def direct_decoding(params, batch, rng):
+      recon = model.apply({"params": params}, batch["response"], batch["subject"], train=True,
+                          rngs={"dropout": rng})
+      target = downsample_images(batch["image"], size)
+      if kind == "mse":
+        loss = jnp.mean((recon - target) ** 2)
+      elif kind == "correlation":
+        loss = negative_correlation(recon, target)
+      else:
+        raise ValueError(f"config.baseline.decoding_loss: unknown {kind!r}; expected mse|correlation")
+      return loss, {"loss": loss}
+    return direct_decoding
+
+  raise ValueError(f"config.method: unknown {method!r}; expected vna|direct_encoding|direct_decoding")

@@ -1,0 +1,321 @@
+"""The trainer: one readable file that follows the life of a run.
+
+Sections: workdir and logging; mesh; input; model and optimiser; the step (one jitted
+pure function with donated state); checkpoints; evaluation; the loop. `demo` runs the
+VNA-vs-baselines comparison on top of `train_and_evaluate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxvna.data import Dataset, readers
+from jaxvna.data import pipeline
+from jaxvna.evaluation import discriminative
+from jaxvna.models import towers
+from jaxvna.training import checkpoint, objectives
+
+# Fields that may change between a run and its resumption (more steps, other evals).
+RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every", "eval")
+
+
+# ----------------------------------------------------------------------------
+# Workdir and logging
+# ----------------------------------------------------------------------------
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+  """Atomic JSON write: a reader sees the old file or the new one, never half of one."""
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+class MetricsLog:
+  """Appends one JSON object per logged step to workdir/metrics.jsonl."""
+
+  def __init__(self, path: pathlib.Path):
+    self._file = open(path, "a")
+
+  def write(self, step: int, metrics: dict) -> None:
+    row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+# ----------------------------------------------------------------------------
+# Mesh
+# ----------------------------------------------------------------------------
+
+def make_mesh() -> jax.sharding.Mesh:
+  """All devices on one "data" axis; parameters are replicated, batches split."""
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+# ----------------------------------------------------------------------------
+# Input
+# ----------------------------------------------------------------------------
+
+def load_dataset(config) -> Dataset:
+  """The configured dataset, read into memory by its reader (or the simulator)."""
+  return readers.load(config.data.kind, **config.data.kwargs)
+
+
+def make_input(config, dataset: Dataset, mesh):
+  source = pipeline.DatasetSource(dataset, "train")
+  return pipeline.make_train_iterator(
+      source, global_batch_size=config.train.batch_size, mesh=mesh, seed=config.seed,
+      response_mode=config.data.response_mode)
+
+
+# ----------------------------------------------------------------------------
+# Model and optimiser
+# ----------------------------------------------------------------------------
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW with warmup + cosine decay and global-norm clipping; non-finite updates skipped."""
+  o = config.optim
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.lr, warmup_steps=o.warmup_steps,
+      decay_steps=max(config.train.steps, o.warmup_steps + 1), end_value=o.lr * o.final_lr_fraction)
+  tx = optax.chain(optax.clip_by_global_norm(o.clip_norm),
+                   optax.adamw(schedule, weight_decay=o.weight_decay))
+  # A NaN/Inf loss or gradient (for example from a corrupt batch) leaves the parameters
+  # as they were and is counted in the optimiser state, reported as `skipped_steps`.
+  return optax.apply_if_finite(tx, max_consecutive_errors=o.max_consecutive_nonfinite)
+
+
+def _example_batch(dataset: Dataset):
+  rec = dataset.recordings[0]
+  k_max = max(dataset.neuron_counts)
+  return (jnp.zeros((1, *dataset.image_shape), jnp.uint8), jnp.zeros((1, k_max), jnp.float32),
+          jnp.zeros((1,), jnp.int32)) if rec is not None else None
+
+
+def init_state(config, model, tx, dataset: Dataset) -> TrainState:
+  images, responses, subject = _example_batch(dataset)
+  rng = jax.random.key(config.seed)
+  if config.method == "vna":
+    args = (images, responses, subject)
+  elif config.method == "direct_encoding":
+    args = (images, subject)
+  else:
+    args = (responses, subject)
+  params = model.init({"params": rng, "dropout": rng}, *args, train=False)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+# ----------------------------------------------------------------------------
+# Step
+# ----------------------------------------------------------------------------
+
+def make_train_step(config, objective, tx):
+  """The single jitted update: (state, batch) -> (state, metrics), state donated."""
+  base_rng = jax.random.key(config.seed + 1)
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(base_rng, state.step)
+    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                   skipped_steps=opt_state.total_notfinite)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return jax.jit(train_step, donate_argnums=(0,))
+
+
+# ----------------------------------------------------------------------------
+# Loop
+# ----------------------------------------------------------------------------
+
+def train(config, workdir: str | os.PathLike, *, dataset: Dataset | None = None,
+          force: bool = False):
+  """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  Returns (model, params, dataset).
+  """
+  from tqdm import auto as tqdm
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  checkpoint.check_workdir(workdir, config.to_dict(), force=force, resumable_keys=RESUMABLE_KEYS)
+  dataset = dataset if dataset is not None else load_dataset(config)
+  mesh = make_mesh()
+  if config.train.batch_size % mesh.size:
+    raise ValueError(f"config.train.batch_size={config.train.batch_size} is not a multiple of "
+                     f"the {mesh.size} devices")
+
+  model = towers.build_model(config.model, method=config.method,
+                             num_neurons_per_subject=dataset.neuron_counts,
+                             image_shape=dataset.image_shape)
+  tx = make_optimizer(config)
+  replicated = NamedSharding(mesh, P())
+  state = jax.device_put(init_state(config, model, tx, dataset), replicated)
+  step_fn = make_train_step(config, objectives.make_objective(config, model, mesh), tx)
+  batches = make_input(config, dataset, mesh)
+
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                          state)
+  restored = ckpt.restore(abstract)
+  if restored is not None:
+    step, state, meta = restored
+    batches.set_state(meta["input_state"])
+    logging.info("resumed from step %d", step)
+  start = int(state.step)
+  log = MetricsLog(workdir / "metrics.jsonl")
+  total = config.train.steps
+  with jax.set_mesh(mesh), tqdm.tqdm(total=total, initial=start, desc=config.method,
+                                     disable=not config.train.progress_bar) as bar:
+    for step in range(start + 1, total + 1):
+      state, metrics = step_fn(state, next(batches))
+      # Bound what is in flight: back-to-back sharded steps can stall on CPU collectives.
+      jax.block_until_ready(metrics)
+      bar.update(1)
+      if step % config.train.log_every == 0 or step == total:
+        host = jax.device_get(metrics)
+        log.write(step, host)
+        bar.set_postfix(loss=f"{float(host['loss']):.3f}")
+        if not np.isfinite(float(host["loss"])):
+          logging.warning("step %d: non-finite loss; the update was skipped", step)
+      if step % config.train.checkpoint_every == 0 or step == total:
+        ckpt.save(step, state, {"input_state": batches.get_state(), "step": step})
+  ckpt.wait()
+  ckpt.close()
+  log.close()
+  params = jax.device_get(state.params)
+  _write_json(workdir / "summary.json", {
+      "method": config.method, "steps": int(state.step),
+      "params_digest": checkpoint.params_digest(params),
+      "skipped_steps": int(jax.device_get(state.opt_state.total_notfinite))})
+  return model, params, dataset
+
+
+def train_and_evaluate(config, workdir, *, force: bool = False, dataset: Dataset | None = None):
+  """`jaxvna train`: trains, evaluates on held-out images, writes workdir/results.json."""
+  model, params, dataset = train(config, workdir, dataset=dataset, force=force)
+  results = {config.method: discriminative.evaluate_model(config, model, params, dataset)}
+  out = {"dataset": dataset.name, "results": results}
+  _write_json(pathlib.Path(workdir) / "results.json", out)
+  return out
+
+
+def evaluate_workdir(config, workdir):
+  """`jaxvna eval`: re-evaluates the latest checkpoint of a finished or interrupted run."""
+  workdir = pathlib.Path(workdir)
+  dataset = load_dataset(config)
+  model = towers.build_model(config.model, method=config.method,
+                             num_neurons_per_subject=dataset.neuron_counts,
+                             image_shape=dataset.image_shape)
+  tx = make_optimizer(config)
+  state = init_state(config, model, tx, dataset)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
+      state)
+  with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
+    restored = ckpt.restore(abstract)
+  if restored is None:
+    raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to evaluate")
+  _, state, _ = restored
+  results = {config.method: discriminative.evaluate_model(config, model, state.params, dataset)}
+  out = {"dataset": dataset.name, "results": results}
+  _write_json(workdir / "results.json", out)
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Demo: VNA against the baselines, same towers, data and budget
+# ----------------------------------------------------------------------------
+
+BASELINES = ("direct_encoding", "direct_decoding")
+
+
+def demo(config, workdir, *, force: bool = False) -> dict:
+  """Trains VNA and both direct baselines, fits Gabor-ridge, prints and plots the table."""
+  workdir = pathlib.Path(workdir)
+  dataset = load_dataset(config)
+  results = {}
+  for method in ("vna",) + BASELINES:
+    method_config = config.copy_and_resolve_references()
+    with method_config.unlocked():
+      method_config.method = method
+    out = train_and_evaluate(method_config, workdir / method, force=force, dataset=dataset)
+    results[method] = out["results"][method]
+  if config.eval.gabor_ridge:
+    results["gabor_ridge"] = discriminative.evaluate_gabor_ridge(config, dataset)
+  out = {"dataset": dataset.name, "results": results}
+  _write_json(workdir / "results.json", out)
+  print(results_table(results))
+  plot_results(results, workdir / "demo.png", title=f"{dataset.name}: held-out images")
+  print(f"\nresults: {workdir / 'results.json'}   plot: {workdir / 'demo.png'}")
+  return out
+
+
+def results_table(results: dict) -> str:
+  """Top-1 accuracy (and 95% CI) of every method, task and N, as a text table."""
+  n_ways = list(next(iter(results.values()))["decoding"])
+  lines = [f"{'method':<17}{'task':<10}" + "".join(f"{'N=' + n:>18}" for n in n_ways)]
+  for method, res in results.items():
+    for task in ("decoding", "encoding"):
+      cells = []
+      for n in n_ways:
+        r = res[task][n]
+        cells.append(f"{r['top1']:.3f} [{r['top1_ci95'][0]:.2f},{r['top1_ci95'][1]:.2f}]")
+      lines.append(f"{method:<17}{task:<10}" + "".join(f"{c:>18}" for c in cells))
+  return "top-1 accuracy, trial-averaged responses, mean over subjects [95% CI]\n" + "\n".join(lines)
+
+
+def plot_results(results: dict, path, *, title: str = "") -> None:
+  """PNG: top-1 accuracy vs N for every method, one panel per task, chance dashed."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+  for ax, task in zip(axes, ("decoding", "encoding")):
+    for method, res in results.items():
+      keys = list(res[task])
+      xs = [res[task][k]["num_candidates"] if k == "all" else int(k) for k in keys]
+      ys = [res[task][k]["top1"] for k in keys]
+      lo = [res[task][k]["top1_ci95"][0] for k in keys]
+      hi = [res[task][k]["top1_ci95"][1] for k in keys]
+      ax.plot(xs, ys, marker="o", label=method)
+      ax.fill_between(xs, lo, hi, alpha=0.2)
+    first = next(iter(results.values()))[task]
+    xs = [first[k]["num_candidates"] if k == "all" else int(k) for k in first]
+    ax.plot(xs, [1 / x for x in xs], "k--", label="chance")
+    ax.set_xscale("log")
+    ax.set_xlabel("N (candidates)")
+    ax.set_title(f"discriminative {task}")
+  axes[0].set_ylabel("top-1 accuracy")
+  axes[1].legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
