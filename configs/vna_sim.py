@@ -14,8 +14,10 @@ def get_config(method: str = "vna"):
 
   c.data = ml_collections.ConfigDict()
   c.data.kind = "simulator"
-  c.data.kwargs = ml_collections.ConfigDict(dict(seed=0, num_subjects=3, num_images=5000,
-                                                 image_size=64))
+  # Any keyword of jaxvna.data.simulator.simulate may be added here.
+  c.data.kwargs = ml_collections.ConfigDict(dict(
+      seed=0, num_subjects=3, num_images=5000, image_size=64,
+      neurons_per_subject=(300, 250, 200), spatial_frequency_range=(3.0, 12.0)))
   c.data.response_mode = "trial"  # train on single trials (mean: trial averages)
 
   c.model = ml_collections.ConfigDict()
@@ -35,6 +37,9 @@ def get_config(method: str = "vna"):
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, weight_decay=1e-4, warmup_steps=100, final_lr_fraction=0.01, clip_norm=1.0,
       max_consecutive_nonfinite=10))
+  # Length of the cosine decay; None follows train.steps. Fix it to extend a run with
+  # more steps along the schedule it started on.
+  c.optim.decay_steps = ml_collections.config_dict.placeholder(int)
 
   c.train = ml_collections.ConfigDict(dict(
       steps=1500, batch_size=256, checkpoint_every=500, keep_checkpoints=3, log_every=50,

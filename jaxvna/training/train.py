@@ -103,7 +103,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
   o = config.optim
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=o.lr, warmup_steps=o.warmup_steps,
-      decay_steps=max(config.train.steps, o.warmup_steps + 1), end_value=o.lr * o.final_lr_fraction)
+      decay_steps=max(o.decay_steps or config.train.steps, o.warmup_steps + 1),
+      end_value=o.lr * o.final_lr_fraction)
   tx = optax.chain(optax.clip_by_global_norm(o.clip_norm),
                    optax.adamw(schedule, weight_decay=o.weight_decay))
   # A NaN/Inf loss or gradient (for example from a corrupt batch) leaves the parameters
@@ -144,7 +145,7 @@ def make_train_step(config, objective, tx):
     (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                    skipped_steps=opt_state.total_notfinite)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -209,7 +210,7 @@ def train(config, workdir: str | os.PathLike, *, dataset: Dataset | None = None,
   ckpt.wait()
   ckpt.close()
   log.close()
-  params = jax.device_get(state.params)
+  params = state.params
   _write_json(workdir / "summary.json", {
       "method": config.method, "steps": int(state.step),
       "params_digest": checkpoint.params_digest(params),

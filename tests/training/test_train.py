@@ -1,0 +1,199 @@
+"""The trainer end to end on a tiny simulator: learning, the single step's NaN guard,
+kill -9 + resume reproducibility, restore onto another device count, workdir guard."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxvna.configs import vna_sim
+from jaxvna.data import readers
+from jaxvna.training import checkpoint, objectives, train
+
+TINY_DATA = dict(seed=0, num_subjects=2, num_images=600, image_size=32,
+                 neurons_per_subject=(60, 40), spatial_frequency_range=(2.0, 8.0))
+
+
+def tiny_config(method="vna", steps=60):
+  c = vna_sim.get_config(method)
+  c.data.kwargs = dict(TINY_DATA)
+  c.model.embed_dim = 32
+  c.model.image_tower = dict(type="mlp", channels=(8, 16), front_end=None, hidden=(128,))
+  c.model.neural_tower = dict(readin_dim=32, hidden=(64,), neuron_dropout=0.1,
+                              preprocess="log1p")
+  c.model.decoder_size = 8
+  c.optim.warmup_steps = 5
+  c.optim.lr = 3e-3
+  c.train.steps = steps
+  c.train.batch_size = 64
+  c.train.checkpoint_every = 10
+  c.train.log_every = 10
+  c.train.progress_bar = False
+  c.eval.n_ways = (2, 10)
+  c.eval.draws = 50
+  c.eval.gabor_ridge = False
+  return c
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset():
+  return readers.load("simulator", **TINY_DATA)
+
+
+def _cli(args, env_extra=None, **kw):
+  env = dict(os.environ, **(env_extra or {}))
+  return subprocess.Popen([sys.executable, "-m", "jaxvna.cli", *args], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _overrides(config, prefix="config"):
+  """--config.a.b=value flags reproducing `config`'s tiny settings on the command line."""
+  flags = []
+  for key, value in [("data.kwargs.num_images", 600), ("data.kwargs.image_size", 32),
+                     ("data.kwargs.num_subjects", 2),
+                     ("data.kwargs.neurons_per_subject", "(60,40)"),
+                     ("data.kwargs.spatial_frequency_range", "(2.0,8.0)"),
+                     ("model.embed_dim", 32), ("model.image_tower.type", "mlp"),
+                     ("model.image_tower.channels", "(8,16)"),
+                     ("model.image_tower.hidden", "(128,)"), ("optim.lr", 3e-3), ("model.neural_tower.readin_dim", 32),
+                     ("model.neural_tower.hidden", "(64,)"), ("model.decoder_size", 8),
+                     ("optim.warmup_steps", 5), ("train.batch_size", 64),
+                     ("train.checkpoint_every", config.train.checkpoint_every),
+                     ("train.steps", config.train.steps), ("train.progress_bar", False),
+                     ("eval.n_ways", "(2,10)"), ("eval.draws", 50)]:
+    flags.append(f"--{prefix}.{key}={value}")
+  return flags
+
+
+def test_short_run_learns_well_above_chance(tmp_path, tiny_dataset):
+  out = train.train_and_evaluate(tiny_config(steps=80), tmp_path, dataset=tiny_dataset)
+  res = out["results"]["vna"]
+  for task in ("decoding", "encoding"):
+    # Chance is 0.1 (10-way) and 0.5 (2-way); 80 steps on 480 images is a short run.
+    assert res[task]["10"]["top1"] > 0.2, res[task]["10"]
+    assert res[task]["10"]["top1_ci95"][0] > 0.12, res[task]["10"]
+    assert res[task]["2"]["top1"] > 0.7
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["steps"] == 80 and len(summary["params_digest"]) == 64
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["step"] == 80 and rows[-1]["loss"] < rows[0]["loss"]
+
+
+@pytest.mark.parametrize("method", ["direct_encoding", "direct_decoding"])
+def test_baselines_train_and_evaluate(tmp_path, tiny_dataset, method):
+  out = train.train_and_evaluate(tiny_config(method, steps=30), tmp_path, dataset=tiny_dataset)
+  res = out["results"][method]
+  assert set(res) >= {"decoding", "encoding", "single_trial", "per_subject"}
+  assert 0.0 <= res["decoding"]["2"]["top1"] <= 1.0
+  assert res["decoding"]["2"]["top1"] > 0.5  # learned something
+
+
+def test_nan_batch_is_skipped_and_counted(tiny_dataset):
+  config = tiny_config()
+  mesh = train.make_mesh()
+  model = train.towers.build_model(config.model, method="vna",
+                                   num_neurons_per_subject=tiny_dataset.neuron_counts,
+                                   image_shape=tiny_dataset.image_shape)
+  tx = train.make_optimizer(config)
+  state = train.init_state(config, model, tx, tiny_dataset)
+  before = jax.tree.map(np.asarray, state.params)
+  step = train.make_train_step(config, objectives.make_objective(config, model, mesh), tx)
+  k = max(tiny_dataset.neuron_counts)
+  batch = {"image": jnp.zeros((64, 32, 32, 1), jnp.uint8),
+           "response": jnp.full((64, k), jnp.nan, jnp.float32),
+           "neuron_mask": jnp.ones((64, k), bool), "subject": jnp.zeros((64,), jnp.int32)}
+  with jax.set_mesh(mesh):
+    state, metrics = step(state, batch)
+  assert int(metrics["skipped_steps"]) == 1
+  after = jax.tree.map(np.asarray, state.params)
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(a, b)
+    assert np.isfinite(b).all()
+
+
+def test_kill9_and_resume_gives_the_uninterrupted_parameters(tmp_path):
+  config = tiny_config(steps=60)
+  flags = _overrides(config)
+  straight = tmp_path / "straight"
+  p = _cli(["train", "--config=" + vna_sim.__file__, f"--workdir={straight}", *flags])
+  out, _ = p.communicate(timeout=600)
+  assert p.returncode == 0, out[-3000:]
+
+  killed = tmp_path / "killed"
+  p = _cli(["train", "--config=" + vna_sim.__file__, f"--workdir={killed}", *flags])
+  deadline = time.time() + 300
+  # Kill as soon as a checkpoint past the first exists, mid-run.
+  while time.time() < deadline and p.poll() is None:
+    steps = [d for d in (killed / "checkpoints").glob("[0-9]*") if d.name.isdigit()] if (
+        killed / "checkpoints").exists() else []
+    if any(int(d.name) >= 20 for d in steps):
+      break
+    time.sleep(0.05)
+  assert p.poll() is None, "run finished before it could be killed"
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  assert not (killed / "summary.json").exists()
+  p = _cli(["train", "--config=" + vna_sim.__file__, f"--workdir={killed}", *flags])
+  out, _ = p.communicate(timeout=600)
+  assert p.returncode == 0, out[-3000:]
+  digest = lambda d: json.loads((d / "summary.json").read_text())["params_digest"]
+  assert digest(killed) == digest(straight)
+
+
+def test_resume_on_another_device_count(tmp_path):
+  """Train 20 steps on 8 devices, continue to 40 on 1 device: same as 40 steps on 1."""
+  config = tiny_config(steps=40)
+  flags = [f for f in _overrides(config) if "train.steps" not in f] + [
+      "--config.optim.decay_steps=40"]
+  eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  one = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  run = lambda workdir, steps, env: _cli(
+      ["train", "--config=" + vna_sim.__file__, f"--workdir={workdir}", *flags,
+       f"--config.train.steps={steps}"], env_extra=env).communicate(timeout=600)
+  out, _ = run(tmp_path / "moved", 20, eight)
+  out, _ = run(tmp_path / "moved", 40, one)
+  assert json.loads((tmp_path / "moved" / "summary.json").read_text())["steps"] == 40, out[-2000:]
+  out, _ = run(tmp_path / "single", 40, one)
+  moved, single = (_final_params(tmp_path / d, config) for d in ("moved", "single"))
+  for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(single)):
+    # Another device count sums gradients in another order: equal up to rounding.
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def _final_params(workdir, config):
+  dataset = readers.load("simulator", **TINY_DATA)
+  model = train.towers.build_model(config.model, method="vna",
+                                   num_neurons_per_subject=dataset.neuron_counts,
+                                   image_shape=dataset.image_shape)
+  state = train.init_state(config, model, train.make_optimizer(config), dataset)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          state)
+  with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
+    step, state, _ = ckpt.restore(abstract)
+  assert step == config.train.steps
+  return jax.tree.map(np.asarray, state.params)
+
+
+def test_workdir_of_another_config_is_refused(tmp_path, tiny_dataset):
+  train.train(tiny_config(steps=5), tmp_path, dataset=tiny_dataset)
+  other = tiny_config(steps=5)
+  other.optim.lr = 0.5
+  with pytest.raises(checkpoint.WorkdirConfigError, match="optim.lr"):
+    train.train(other, tmp_path, dataset=tiny_dataset)
+  train.train(other, tmp_path, dataset=tiny_dataset, force=True)  # told to: accepted
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+  p = _cli(["train", "--config=" + vna_sim.__file__, f"--workdir={tmp_path}",
+            "--config.train.stepz=3"])
+  out, _ = p.communicate(timeout=120)
+  assert p.returncode != 0 and "stepz" in out
