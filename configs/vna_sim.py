@@ -42,7 +42,7 @@ def get_config(method: str = "vna"):
   c.optim.decay_steps = ml_collections.config_dict.placeholder(int)
 
   c.train = ml_collections.ConfigDict(dict(
-      steps=1500, batch_size=256, checkpoint_every=500, keep_checkpoints=3, log_every=50,
+      steps=600, batch_size=256, checkpoint_every=200, keep_checkpoints=3, log_every=50,
       progress_bar=True))
 
   c.eval = ml_collections.ConfigDict(dict(

@@ -41,6 +41,9 @@ def _define_flags(command: str):
 
 
 def _main(command: str, flags_values) -> int:
+  from absl import logging
+  if not flags_values["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and grain log every step at INFO
   config = flags_values.config
   if config is None:
     raise SystemExit(f"jaxvna {command}: --config is required")

@@ -1,0 +1,26 @@
+"""The small-CNN workload as a throughput benchmark (synthetic inputs).
+
+  jaxvna bench --config=configs/bench_cnn.py
+
+Image tower: 3 stride-2 3x3 convs 32/64/128 (GELU) on 64x64x1, mean pool, linear 128;
+neural tower 1000 -> 512 -> 512 -> 128; CLIP loss; batch 256: the workload of the PyTorch
+peer torch_cnn_clip.py of the shared benchmarks folder.
+"""
+
+import ml_collections
+
+from jaxvna.configs import vna_sim
+
+
+def get_config(arg=None):
+  del arg
+  c = vna_sim.get_config("vna")
+  c.model.embed_dim = 128
+  c.model.image_tower = dict(type="cnn", channels=(32, 64, 128), hidden=(), front_end=None)
+  c.model.neural_tower = dict(readin_dim=512, hidden=(512,), neuron_dropout=0.0,
+                              preprocess="none", activation="gelu")
+  c.train.batch_size = 256
+  c.bench = ml_collections.ConfigDict(dict(
+      name="bench_cnn", image_shape=(64, 64, 1), num_neurons=1000, steps=20,
+      warmup_steps=3))
+  return c

@@ -1,0 +1,26 @@
+"""The DINA seed's dual-tower MLP sketch as a throughput benchmark (synthetic inputs).
+
+  jaxvna bench --config=configs/bench_dina_mlp.py
+
+Image tower 64x64 flattened -> 512 -> 256 -> 128, neural tower 1000 -> 512 -> 256 -> 128
+(ReLU), CLIP loss with a learnable temperature, batch 256: the same workload as the
+PyTorch peer benchmarks/torch_dina_clip.py of the shared benchmarks folder.
+"""
+
+import ml_collections
+
+from jaxvna.configs import vna_sim
+
+
+def get_config(arg=None):
+  del arg
+  c = vna_sim.get_config("vna")
+  c.model.embed_dim = 128
+  c.model.image_tower = dict(type="mlp", hidden=(512, 256), activation="relu")
+  c.model.neural_tower = dict(readin_dim=512, hidden=(256,), neuron_dropout=0.0,
+                              preprocess="none", activation="relu")
+  c.train.batch_size = 256
+  c.bench = ml_collections.ConfigDict(dict(
+      name="bench_dina_mlp", image_shape=(64, 64, 1), num_neurons=1000, steps=50,
+      warmup_steps=5))
+  return c

@@ -1,0 +1,335 @@
+"""Tests of jaxvna.models.towers: shapes, feature maps, read-in masking, dropout, Gabor
+front end, bf16, the im2col convolution against lax, build_model."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxvna.models import towers as T
+
+KEY = jax.random.key(0)
+
+
+def _init(module, *args, **kw):
+  return module.init({"params": KEY, "dropout": KEY}, *args, train=False, **kw)
+
+
+def _images(b=3, h=32, w=32, c=1, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (b, h, w, c)), jnp.uint8)
+
+
+# ----------------------------------------------------------------------------- conv2d
+
+@pytest.mark.parametrize("shape,k,stride", [((2, 9, 11, 3), 3, 2), ((2, 8, 8, 4), 3, 1),
+                                            ((1, 12, 10, 2), 5, 2), ((2, 16, 16, 1), 3, 2)])
+def test_conv2d_matches_lax_values_and_grads(shape, k, stride):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, shape[-1], 5)), jnp.float32)
+  pad = T.same_padding(k)
+
+  def ref(x, w):
+    return lax.conv_general_dilated(x, w, (stride, stride), pad,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    precision=lax.Precision.HIGHEST)
+
+  def fast(x, w):
+    return T.conv2d(x, w, stride, pad)
+
+  np.testing.assert_allclose(fast(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+  cot = jnp.asarray(rng.normal(size=ref(x, w).shape), jnp.float32)
+  g_ref = jax.grad(lambda x, w: jnp.sum(ref(x, w) * cot), argnums=(0, 1))(x, w)
+  g_fast = jax.grad(lambda x, w: jnp.sum(fast(x, w) * cot), argnums=(0, 1))(x, w)
+  for a, b in zip(g_fast, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_pads_like_torch_not_lax_same():
+  # A stride-2 3x3 conv on an even size reads pixel 0 with tap 1 (torch padding=1).
+  x = jnp.zeros((1, 4, 4, 1)).at[0, 0, 0, 0].set(1.0)
+  w = jnp.zeros((3, 3, 1, 1)).at[1, 1, 0, 0].set(1.0)
+  assert float(T.conv2d(x, w, 2)[0, 0, 0, 0]) == 1.0
+
+
+def test_conv2d_rejects_channel_mismatch():
+  with pytest.raises(ValueError, match="channels"):
+    T.conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 3, 1)))
+
+
+def test_gelu_is_exact_erf_gelu_with_its_gradient():
+  x = jnp.linspace(-6, 6, 101)
+  ref = functools.partial(jax.nn.gelu, approximate=False)
+  np.testing.assert_allclose(T.gelu(x), ref(x), atol=1e-6)
+  np.testing.assert_allclose(jax.vmap(jax.grad(T.gelu))(x), jax.vmap(jax.grad(ref))(x),
+                             atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- image towers
+
+def test_conv_tower_shapes_and_feature_maps():
+  tower = T.ConvTower(channels=(8, 16, 32), embed_dim=12, hidden=(20,))
+  images = _images(3, 32, 32, 1)
+  variables = _init(tower, images)
+  emb, feats = tower.apply(variables, images, train=False, return_features=True)
+  assert emb.shape == (3, 12) and emb.dtype == jnp.float32
+  assert feats["level1"].shape == (3, 16, 16, 8)
+  assert feats["level2"].shape == (3, 8, 8, 16)
+  assert feats["level3"].shape == (3, 4, 4, 32)
+  assert feats["pooled"].shape == (3, 32) and feats["hidden0"].shape == (3, 20)
+  np.testing.assert_allclose(feats["pooled"], feats["level3"].mean(axis=(1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(tower.apply(variables, images, train=False), emb)
+
+
+def test_conv_tower_scales_uint8_like_float_in_unit_range():
+  tower = T.ConvTower(channels=(4,), embed_dim=3)
+  images = _images(2, 8, 8, 1)
+  variables = _init(tower, images)
+  as_float = images.astype(jnp.float32) / 255.0
+  np.testing.assert_allclose(tower.apply(variables, images, train=False),
+                             tower.apply(variables, as_float, train=False), rtol=1e-5, atol=1e-6)
+
+
+def test_mlp_tower_and_feature_head_shapes():
+  mlp = T.MLPTower(hidden=(16, 8), embed_dim=4)
+  images = _images(5, 8, 8, 1)
+  emb, feats = mlp.apply(_init(mlp, images), images, train=False, return_features=True)
+  assert emb.shape == (5, 4) and feats["hidden0"].shape == (5, 16)
+  assert feats["hidden1"].shape == (5, 8) and bool(jnp.all(feats["hidden1"] >= 0))  # relu
+  head = T.FeatureHead(hidden=(6,), embed_dim=3)
+  x = jnp.ones((4, 10))
+  assert head.apply(_init(head, x), x, train=False).shape == (4, 3)
+
+
+def test_gabor_front_end_has_no_params_and_is_not_trained():
+  tower = T.ConvTower(channels=(4,), embed_dim=3, front_end="gabor",
+                      gabor=dict(size=7, orientations=3, spatial_frequencies=(0.25,), stride=2))
+  images = _images(2, 16, 16, 3)
+  variables = _init(tower, images)
+  assert "gabor" not in variables["params"]
+  # 3 orientations x 1 frequency energies feed conv1.
+  assert variables["params"]["conv1"]["kernel"].shape == (3, 3, 3, 4)
+  emb, feats = tower.apply(variables, images, train=False, return_features=True)
+  assert feats["front_end"].shape == (2, 8, 8, 3) and bool(jnp.all(feats["front_end"] > 0))
+  grads = jax.grad(lambda p: jnp.sum(tower.apply({"params": p}, images, train=False)))(
+      variables["params"])
+  assert set(grads) == {"conv1", "head"}  # everything trainable; nothing of the bank
+
+
+def test_gabor_energy_is_phase_invariant_quadrature_energy():
+  # A grating at the bank's frequency/orientation: energy ~ constant across phase shifts.
+  front = T.GaborEnergyFrontEnd(size=15, orientations=2, spatial_frequencies=(0.125,), stride=1)
+  cols = np.arange(32)
+  phases = np.array([0.0, 1.0, 2.0])[:, None, None, None]
+  img = np.cos(2 * np.pi * 0.125 * cols[None, None, :, None] + phases) * np.ones((3, 32, 32, 1))
+  energies = np.asarray(jax.jit(front.apply)({}, jnp.asarray(img, jnp.float32)))[:, 16, 16, 0]
+  np.testing.assert_allclose(energies, energies[0], rtol=0.05)
+  assert energies[0] > 1.0
+
+
+def test_bf16_compute_is_close_to_f32_with_f32_params():
+  images = _images(4, 16, 16, 1)
+  f32 = T.ConvTower(channels=(8, 16), embed_dim=8)
+  bf16 = T.ConvTower(channels=(8, 16), embed_dim=8, dtype=jnp.bfloat16)
+  variables = _init(f32, images)
+  assert jax.tree.leaves(_init(bf16, images))[0].dtype == jnp.float32
+  a = f32.apply(variables, images, train=False)
+  b = bf16.apply(variables, images, train=False)
+  assert b.dtype == jnp.float32
+  np.testing.assert_allclose(b, a, atol=0.05 * float(jnp.abs(a).max()))
+
+
+# ----------------------------------------------------------------------------- neural tower
+
+COUNTS = (5, 8, 3)
+
+
+def _neural(**kw):
+  tower = T.NeuralTower(COUNTS, readin_dim=16, hidden=(12,), embed_dim=6, **kw)
+  r = jnp.asarray(np.random.default_rng(2).normal(size=(6, 8)), jnp.float32)
+  s = jnp.asarray([0, 1, 2, 2, 1, 0], jnp.int32)
+  return tower, r, s, _init(tower, r, s)
+
+
+def test_neural_tower_shapes_and_features():
+  tower, r, s, variables = _neural()
+  emb, feats = tower.apply(variables, r, s, train=False, return_features=True)
+  assert emb.shape == (6, 6) and feats["readin"].shape == (6, 16)
+  assert variables["params"]["readin"]["kernel"].shape == (3, 8, 16)
+
+
+def test_readin_ignores_values_beyond_the_subjects_count():
+  tower, r, s, variables = _neural()
+  mask = T.neuron_mask(COUNTS)[np.asarray(s)]
+  garbage = jnp.where(mask, r, 1e3)
+  np.testing.assert_allclose(tower.apply(variables, garbage, s, train=False),
+                             tower.apply(variables, r, s, train=False), rtol=1e-6)
+  grads = jax.grad(lambda p: jnp.sum(tower.apply({"params": p}, garbage, s, train=False)))(
+      variables["params"])
+  kernel_grad = np.asarray(grads["readin"]["kernel"])
+  assert np.all(kernel_grad[~T.neuron_mask(COUNTS)] == 0)
+  assert np.any(kernel_grad[T.neuron_mask(COUNTS)] != 0)
+
+
+def test_mixed_subject_batch_equals_each_example_alone():
+  tower, r, s, variables = _neural()
+  batch = tower.apply(variables, r, s, train=False)
+  for i in range(r.shape[0]):
+    alone = tower.apply(variables, r[i:i + 1], s[i:i + 1], train=False)
+    np.testing.assert_allclose(batch[i:i + 1], alone, rtol=1e-5, atol=1e-6)
+  # Subjects really use different read-ins.
+  other = tower.apply(variables, r, jnp.asarray([1, 0, 1, 1, 0, 1], jnp.int32), train=False)
+  assert not np.allclose(other, batch)
+
+
+def test_neuron_dropout_only_in_training_and_deterministic_given_rng():
+  tower, r, s, variables = _neural(neuron_dropout=0.5)
+  ev = tower.apply(variables, r, s, train=False)
+  np.testing.assert_allclose(ev, tower.apply(variables, r, s, train=False))
+  k1, k2 = jax.random.key(7), jax.random.key(8)
+  t1 = tower.apply(variables, r, s, train=True, rngs={"dropout": k1})
+  np.testing.assert_array_equal(t1, tower.apply(variables, r, s, train=True, rngs={"dropout": k1}))
+  assert not np.allclose(t1, ev)
+  assert not np.allclose(t1, tower.apply(variables, r, s, train=True, rngs={"dropout": k2}))
+  _, feats = tower.apply(variables, jnp.zeros_like(r), s, train=True, rngs={"dropout": k1},
+                         return_features=True)
+  assert np.all(np.isfinite(feats["readin"]))
+
+
+def test_neuron_dropout_drops_whole_neurons_and_rescales():
+  # With a one-neuron subject and identity-like read-in, dropped = bias only, kept = 2x.
+  tower = T.NeuralTower((1,), readin_dim=1, hidden=(), embed_dim=1, neuron_dropout=0.5,
+                        activation="relu")
+  r = jnp.ones((64, 1))
+  s = jnp.zeros((64,), jnp.int32)
+  variables = _init(tower, r, s)
+  params = dict(variables["params"])
+  params["readin"] = {"kernel": jnp.ones((1, 1, 1)), "bias": jnp.zeros((1, 1))}
+  _, feats = tower.apply({"params": params}, r, s, train=True, rngs={"dropout": KEY},
+                         return_features=True)
+  values = np.unique(np.round(np.asarray(feats["readin"]), 5))
+  np.testing.assert_allclose(values, [0.0, 2.0])
+
+
+def test_log1p_preprocessing():
+  np.testing.assert_allclose(T.preprocess_responses(jnp.asarray([-3.0, 0.0, 3.0]), "log1p"),
+                             [-math.log(4), 0, math.log(4)], rtol=1e-6)
+  with pytest.raises(ValueError, match="preprocess"):
+    T.preprocess_responses(jnp.zeros(2), "zscore")
+
+
+def test_neural_tower_rejects_wrong_width():
+  tower, r, s, variables = _neural()
+  with pytest.raises(ValueError, match="K_max=8"):
+    tower.apply(variables, r[:, :7], s, train=False)
+
+
+# ----------------------------------------------------------------------------- top level
+
+def _dual():
+  model = T.DualEncoder(T.ConvTower(channels=(4, 8), embed_dim=6),
+                        T.NeuralTower(COUNTS, readin_dim=8, hidden=(8,), embed_dim=6))
+  images = _images(6, 16, 16, 1)
+  r = jnp.asarray(np.random.default_rng(3).normal(size=(6, 8)), jnp.float32)
+  s = jnp.asarray([0, 1, 2, 0, 1, 2], jnp.int32)
+  return model, images, r, s, _init(model, images, r, s)
+
+
+def test_dual_encoder_outputs_and_methods():
+  model, images, r, s, variables = _dual()
+  img, neu, temperature, bias = model.apply(variables, images, r, s, train=False)
+  np.testing.assert_allclose(jnp.linalg.norm(img, axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(neu, axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(temperature, 0.07, rtol=1e-5)
+  assert float(bias) == -10.0
+  np.testing.assert_allclose(model.apply(variables, images, method="embed_images"), img)
+  np.testing.assert_allclose(model.apply(variables, r, s, method="embed_responses"), neu)
+  *_, feats = model.apply(variables, images, r, s, train=False, return_features=True)
+  assert feats["level2"].shape == (6, 4, 4, 8)
+
+
+def test_temperature_floor_clamps_and_stops_gradient():
+  assert float(T.temperature_from_log(jnp.log(0.001), 0.01)) == pytest.approx(0.01)
+  assert float(jax.grad(lambda t: T.temperature_from_log(t, 0.01))(jnp.log(0.001))) == 0.0
+  assert float(jax.grad(lambda t: T.temperature_from_log(t, 0.01))(jnp.log(0.1))) > 0
+
+
+def test_l2_normalize_handles_zero_rows():
+  out = T.l2_normalize(jnp.asarray([[3.0, 4.0], [0.0, 0.0]]))
+  np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)
+
+
+def test_direct_encoder_rates_positive_and_zero_beyond_count():
+  model = T.DirectEncoder(T.ConvTower(channels=(4,), embed_dim=8), COUNTS)
+  images = _images(6, 8, 8, 1)
+  s = jnp.asarray([0, 1, 2, 0, 1, 2], jnp.int32)
+  variables = _init(model, images, s)
+  rates = model.apply(variables, images, s, train=False)
+  mask = T.neuron_mask(COUNTS)[np.asarray(s)]
+  assert rates.shape == (6, 8)
+  assert np.all(np.asarray(rates)[mask] > 0) and np.all(np.asarray(rates)[~mask] == 0)
+  # Same image, different subject -> that subject's readout.
+  swapped = model.apply(variables, images, jnp.asarray([1, 1, 1, 1, 1, 1], jnp.int32),
+                        train=False)
+  np.testing.assert_allclose(swapped[1], rates[1], rtol=1e-6)
+  assert not np.allclose(swapped[0, :5], rates[0, :5])
+
+
+def test_direct_decoder_shape():
+  model = T.DirectDecoder(T.NeuralTower(COUNTS, readin_dim=8, hidden=(), embed_dim=8),
+                          out_size=4)
+  r, s = jnp.ones((2, 8)), jnp.asarray([0, 2], jnp.int32)
+  out = model.apply(_init(model, r, s), r, s, train=False)
+  assert out.shape == (2, 16) and out.dtype == jnp.float32
+
+
+# ----------------------------------------------------------------------------- build_model
+
+@pytest.mark.parametrize("kind,front_end", [("cnn", None), ("cnn", "gabor"), ("mlp", None),
+                                            ("features", None)])
+@pytest.mark.parametrize("method", T.METHODS)
+def test_build_model_every_type_and_method(kind, front_end, method):
+  config = T.default_model_config()
+  config.image_tower.type = kind
+  config.image_tower.front_end = front_end
+  config.image_tower.channels = (4, 8)
+  config.image_tower.hidden = (8,)
+  config.image_tower.gabor.size = 5
+  config.neural_tower.readin_dim = 8
+  config.neural_tower.hidden = (8,)
+  config.embed_dim = 4
+  config.decoder_size = 4
+  image_shape = (10,) if kind == "features" else (16, 16, 1)
+  model = T.build_model(config, COUNTS, image_shape, method=method)
+  b = 2
+  images = jnp.ones((b, *image_shape), jnp.float32)
+  r, s = jnp.ones((b, 8)), jnp.asarray([0, 1], jnp.int32)
+  args = {"vna": (images, r, s), "direct_encoding": (images, s),
+          "direct_decoding": (r, s)}[method]
+  variables = _init(model, *args)
+  out = model.apply(variables, *args, train=True, rngs={"dropout": KEY})
+  expected = {"vna": [(b, 4), (b, 4), (), ()], "direct_encoding": [(b, 8)],
+              "direct_decoding": [(b, 16)]}[method]
+  assert [x.shape for x in jax.tree.leaves(out)] == expected
+
+
+def test_build_model_bf16_and_errors():
+  config = T.default_model_config()
+  config.dtype = "bfloat16"
+  model = T.build_model(config, (8,), (16, 16, 1))
+  assert model.image_tower.dtype == jnp.bfloat16 and model.neural_tower.dtype == jnp.bfloat16
+  config.dtype = "float16"
+  with pytest.raises(ValueError, match="model.dtype"):
+    T.build_model(config, (8,), (16, 16, 1))
+  config = T.default_model_config()
+  config.image_tower.type = "resnet"
+  with pytest.raises(ValueError, match="image_tower.type"):
+    T.build_model(config, (8,), (16, 16, 1))
+  with pytest.raises(ValueError, match="method"):
+    T.build_model(T.default_model_config(), (8,), (16, 16, 1), method="vae")
+  with pytest.raises(ValueError, match="needs \\(H, W, C\\)"):
+    T.build_model(T.default_model_config(), (8,), (10,))

@@ -1,0 +1,37 @@
+"""The `jaxvna` command line: dispatch, the data summary, clear errors."""
+
+import subprocess
+import sys
+
+from jaxvna import cli
+from jaxvna.configs import vna_cowley_v4, vna_sim
+
+
+def _run(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "jaxvna.cli", *args], capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def test_usage_and_unknown_command(capsys):
+  assert cli.run(["jaxvna", "--help"]) == 0
+  assert "demo" in capsys.readouterr().out
+  assert cli.run(["jaxvna", "fly"]) == 2
+  assert "unknown command 'fly'" in capsys.readouterr().err
+
+
+def test_data_prints_the_summary_of_a_configured_dataset():
+  out = _run("data", "--config=" + vna_sim.__file__, "--config.data.kwargs.num_images=200",
+             "--config.data.kwargs.image_size=32",
+             "--config.data.kwargs.spatial_frequency_range=(2.0,8.0)")
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  assert lines[0].startswith("dataset simulated: 3 recordings, images 32x32x1")
+  assert [l.split()[:2] for l in lines[2:]] == [["subject0", "300"], ["subject1", "250"],
+                                                ["subject2", "200"]]
+
+
+def test_data_names_the_missing_folder(tmp_path):
+  out = _run("data", "--config=" + vna_cowley_v4.__file__,
+             f"--config.data.kwargs.root={tmp_path / 'nowhere'}")
+  assert out.returncode != 0
+  assert "DataError" in out.stderr and str(tmp_path / "nowhere") in out.stderr

@@ -1,0 +1,20 @@
+"""`jaxvna bench` measures the step and reports it against the matmul peak."""
+
+import json
+
+from jaxvna.configs import bench_dina_mlp
+from jaxvna.training import bench
+
+
+def test_bench_reports_throughput_and_fraction_of_peak(capsys):
+  config = bench_dina_mlp.get_config()
+  config.train.batch_size = 32
+  config.bench.num_neurons = 100
+  config.bench.image_shape = (16, 16, 1)
+  config.bench.steps = 3
+  config.bench.warmup_steps = 1
+  out = bench.run(config)
+  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert printed == out
+  assert out["samples_per_s"] > 0 and out["gflops"] > 0 and out["peak_gflops"] > 0
+  assert 0 < out["fraction_of_peak"] < 2
