@@ -27,7 +27,7 @@ def get_config(method: str = "vna"):
   c.data.kwargs = dict(root=default_root(), sessions=None, image_size=64, grayscale=True,
                        split_fractions=(0.8, 0.1, 0.1), split_seed=0)
   c.data.response_mode = "trial"
-  c.train.steps = 2000
+  c.train.steps = 600
   c.train.batch_size = 256
   c.eval.n_ways = (2, 10, 50, "all")
   return c

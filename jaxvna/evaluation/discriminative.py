@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxvna.data import Dataset, Recording
-from jaxvna.evaluation import identification
+from jaxvna.evaluation import identification, predictivity
 
 
 def _batched(fn, *arrays, batch_size=512):
@@ -63,7 +63,9 @@ def representations(config, model, params, rec: Recording, subject: int, k_max: 
   elif config.method == "direct_encoding":
     predict = jax.jit(lambda x, s: model.apply(variables, x, s, train=False))
     rates = _batched(predict, held_out.images, subject_ids(len(idx)))
-    out.update(image_repr=rates[:, :rec.num_neurons])
+    out.update(image_repr=rates[:, :rec.num_neurons],
+               predictivity=predictivity.predictivity_report(rates[:, :rec.num_neurons],
+                                                             held_out.responses))
   elif config.method == "direct_decoding":
     recon = jax.jit(lambda r, s: model.apply(variables, r, s, train=False))
     reconstruct = lambda r: _batched(recon, _padded(r, k_max), subject_ids(len(r)))
@@ -76,11 +78,13 @@ def representations(config, model, params, rec: Recording, subject: int, k_max: 
 
 
 def score_representations(reprs: dict, eval_config) -> dict:
-  """Identification reports for both tasks, on averaged and on single-trial responses."""
+  """Identification reports for both tasks, on averaged and on single-trial responses
+  (and the neural predictivity of encoding models, when `reprs` carries it)."""
   kw = dict(metric=reprs["metric"], n_ways=tuple(eval_config.n_ways), draws=eval_config.draws,
             seed=eval_config.seed)
   single = dict(trial_images=reprs["trial_images"])
-  return {
+  extra = {"predictivity": reprs["predictivity"]} if "predictivity" in reprs else {}
+  return extra | {
       task: identification.discriminative_scores(
           reprs["mean_repr"], reprs["image_repr"], task=task, **kw)
       for task in ("decoding", "encoding")
@@ -102,14 +106,16 @@ def combine_subjects(per_subject: dict) -> dict:
             for k in values[0] if all(k in v for v in values)}
   if isinstance(values[0], str):
     return values[0] if len(set(values)) == 1 else "mixed"
-  return np.asarray(values, np.float64).mean(axis=0).tolist()
+  numbers = [v for v in values if v is not None]  # e.g. FEVE of a subject without repeats
+  return np.asarray(numbers, np.float64).mean(axis=0).tolist() if numbers else None
 
 
 def evaluate_model(config, model, params, dataset: Dataset) -> dict:
   """Discriminative decoding/encoding of a trained model, per subject and combined.
 
   Returns {"decoding": {"<N>": {...}}, "encoding": ..., "single_trial": ...,
-  "per_subject": {name: same structure}}; the top level is the mean over subjects.
+  ["predictivity": ... for direct encoding,] "per_subject": {name: same structure}};
+  the top level is the mean over subjects.
   """
   k_max = max(dataset.neuron_counts)
   per_subject = {}
@@ -129,7 +135,9 @@ def evaluate_gabor_ridge(config, dataset: Dataset) -> dict:
                                          seed=config.seed)
     held_out = rec.subset(test)
     trials, trial_images = identification.single_trial_queries(held_out.responses)
-    reprs = dict(image_repr=model.predict(held_out.images), mean_repr=held_out.mean_responses,
-                 trial_repr=trials, trial_images=trial_images, metric="pearson")
+    rates = model.predict(held_out.images)
+    reprs = dict(image_repr=rates, mean_repr=held_out.mean_responses, trial_repr=trials,
+                 trial_images=trial_images, metric="pearson",
+                 predictivity=predictivity.predictivity_report(rates, held_out.responses))
     per_subject[rec.name] = score_representations(reprs, config.eval)
   return dict(combine_subjects(per_subject), per_subject=per_subject)

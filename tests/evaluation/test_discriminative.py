@@ -41,3 +41,15 @@ def test_combine_subjects_averages_numbers_and_keeps_labels():
   np.testing.assert_allclose(out["decoding"]["2"]["top1_ci95"], [0.6, 0.8])
   labels = discriminative.combine_subjects({"s0": {"n": "all"}, "s1": {"n": "all"}})
   assert labels == {"n": "all"}
+
+
+def test_predictivity_is_reported_for_encoding_models():
+  rng = np.random.default_rng(2)
+  rates = rng.gamma(2.0, size=(30, 5))
+  responses = rng.poisson(rates[:, None, :].repeat(4, axis=1)).astype(np.float32)
+  reprs = dict(_reprs(rates, responses.mean(1)), metric="pearson",
+               predictivity=discriminative.predictivity.predictivity_report(rates, responses))
+  report = discriminative.score_representations(reprs, EVAL)
+  assert report["predictivity"]["correlation_to_average"] > 0.5
+  combined = discriminative.combine_subjects({"a": report, "b": report})
+  assert combined["predictivity"] == report["predictivity"]
