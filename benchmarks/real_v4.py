@@ -49,6 +49,8 @@ def table(results: dict, n_way: str) -> str:
 
 def main(argv):
   del argv
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
   from jaxvna.training import train
   out = train.demo(FLAGS.config, FLAGS.workdir)
   text = table(out["results"], FLAGS.n_way)
