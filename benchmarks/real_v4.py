@@ -2,7 +2,7 @@
 Cowley et al. (2023) macaque V4 session, held-out images, 10-way top-1 per session.
 
   python benchmarks/real_v4.py --workdir=W [--config=configs/vna_cowley_v4.py] \
-      [--config.data.kwargs.root=PATH] [--config.train.steps=...]
+      [--config.data.root=PATH] [--config.train.steps=...]
 
 Trains one model per method on all sessions together (each session its own neurons and
 read-in), evaluates each session's held-out images, writes W/results.json (as `jaxvna

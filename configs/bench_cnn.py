@@ -9,7 +9,9 @@ peer torch_cnn_clip.py of the shared benchmarks folder.
 
 import ml_collections
 
-from jaxvna.configs import vna_sim
+from jaxvna.config_files import sibling
+
+vna_sim = sibling(__file__, "vna_sim")
 
 
 def get_config(arg=None):

@@ -17,8 +17,8 @@ _DEFAULT_CONFIG = {"demo": "vna_sim.py", "data": "vna_sim.py", "bench": "bench_d
 
 
 def _packaged_config(name: str) -> str:
-  import importlib.resources
-  return str(importlib.resources.files("jaxvna.configs") / name)
+  from jaxvna.config_files import configs_dir
+  return str(configs_dir() / name)
 
 
 def _usage() -> str:

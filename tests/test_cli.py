@@ -30,8 +30,18 @@ def test_data_prints_the_summary_of_a_configured_dataset():
                                                 ["subject2", "200"]]
 
 
+def test_data_selects_v4_sessions(real_data_dir):
+  out = _run("data", "--config=" + vna_cowley_v4.__file__,
+             f"--config.data.root={real_data_dir / 'cowley_v4'}",
+             "--config.data.sessions=('210325','190923')")
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  assert lines[0].startswith("dataset cowley_v4: 2 recordings, images 64x64x1")
+  assert [l.split()[:3] for l in lines[2:]] == [["210325", "50", "640"], ["190923", "33", "1200"]]
+
+
 def test_data_names_the_missing_folder(tmp_path):
   out = _run("data", "--config=" + vna_cowley_v4.__file__,
-             f"--config.data.kwargs.root={tmp_path / 'nowhere'}")
+             f"--config.data.root={tmp_path / 'nowhere'}")
   assert out.returncode != 0
   assert "DataError" in out.stderr and str(tmp_path / "nowhere") in out.stderr
