@@ -54,7 +54,10 @@ def _main(command: str, flags_values) -> int:
       path = tfds_builders.prepare(config.data.kind, flags_values.prepare_dir,
                                    reader_kwargs=dict(config.data.kwargs))
       print(f"prepared {config.data.kind} at {path}")
-    print(summarize(readers.load(config.data.kind, **config.data.kwargs)))
+      dataset = tfds_builders.read_prepared(path)  # summarise what was written
+    else:
+      dataset = readers.load(config.data.kind, **config.data.kwargs)
+    print(summarize(dataset))
     return 0
   if command == "bench":
     from jaxvna.training import bench

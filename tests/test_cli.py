@@ -45,3 +45,14 @@ def test_data_names_the_missing_folder(tmp_path):
              f"--config.data.root={tmp_path / 'nowhere'}")
   assert out.returncode != 0
   assert "DataError" in out.stderr and str(tmp_path / "nowhere") in out.stderr
+
+
+def test_data_prepare_writes_a_tfds_copy_and_summarises_it(tmp_path):
+  out = _run("data", "--config=" + vna_sim.__file__, "--config.data.kwargs.num_images=200",
+             "--config.data.kwargs.image_size=32",
+             "--config.data.kwargs.spatial_frequency_range=(2.0,8.0)",
+             f"--prepare_dir={tmp_path}")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "prepared simulator at" in out.stdout
+  assert list(tmp_path.glob("jaxvna_simulator/*/*/jaxvna_metadata.json"))
+  assert "subject2             200" in out.stdout

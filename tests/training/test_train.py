@@ -213,3 +213,16 @@ def test_ring_and_sigmoid_losses_train_in_the_same_step(tmp_path, tiny_dataset):
   train.train(sigmoid, tmp_path / "sigmoid", dataset=tiny_dataset)
   rows = [json.loads(l) for l in (tmp_path / "sigmoid" / "metrics.jsonl").read_text().splitlines()]
   assert np.isfinite(rows[-1]["loss"])
+
+
+def test_eval_command_rescores_the_latest_checkpoint(tmp_path):
+  config = tiny_config(steps=10)
+  flags = _overrides(config)
+  out, _ = _cli(["train", "--config=" + vna_sim.__file__, f"--workdir={tmp_path}",
+                 *flags]).communicate(timeout=600)
+  trained = json.loads((tmp_path / "results.json").read_text())
+  (tmp_path / "results.json").unlink()
+  out, _ = _cli(["eval", "--config=" + vna_sim.__file__, f"--workdir={tmp_path}",
+                 *flags]).communicate(timeout=600)
+  rescored = json.loads((tmp_path / "results.json").read_text())
+  assert rescored == trained, out[-2000:]
