@@ -7,8 +7,6 @@ VNA-vs-baselines comparison on top of `train_and_evaluate`.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import os
 import pathlib
@@ -113,10 +111,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def _example_batch(dataset: Dataset):
-  rec = dataset.recordings[0]
-  k_max = max(dataset.neuron_counts)
-  return (jnp.zeros((1, *dataset.image_shape), jnp.uint8), jnp.zeros((1, k_max), jnp.float32),
-          jnp.zeros((1,), jnp.int32)) if rec is not None else None
+  """Zero inputs of batch size 1 with the dataset's shapes, for `model.init`."""
+  return (jnp.zeros((1, *dataset.image_shape), jnp.uint8),
+          jnp.zeros((1, max(dataset.neuron_counts)), jnp.float32), jnp.zeros((1,), jnp.int32))
 
 
 def init_state(config, model, tx, dataset: Dataset) -> TrainState:

@@ -3,7 +3,6 @@ kill -9 + resume reproducibility, restore onto another device count, workdir gua
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
