@@ -1,0 +1,72 @@
+"""The common structure: validation names the source and field; helpers behave."""
+
+import numpy as np
+import pytest
+
+from jaxvna.data.dataset import DataError, Dataset, Recording, summarize
+
+
+def _recording(n=4, r=2, k=3, **changes):
+  fields = dict(
+      name="s0", images=np.zeros((n, 8, 8, 1), np.uint8),
+      responses=np.ones((n, r, k), np.float32), neuron_coords=np.zeros((k, 2), np.float32),
+      split=np.array([0, 0, 1, 2][:n], np.int8), stimulus_ids=np.arange(n, dtype=np.int64),
+      source="file.npy")
+  fields.update(changes)
+  return Recording(**fields)
+
+
+def test_valid_recording_and_derived_fields():
+  responses = np.ones((4, 2, 3), np.float32)
+  responses[1, 1] = np.nan  # image 1 has one recorded repeat
+  responses[0, 0] = 3.0
+  rec = _recording(responses=responses)
+  np.testing.assert_array_equal(rec.num_repeats, [2, 1, 2, 2])
+  np.testing.assert_allclose(rec.mean_responses[0], 2.0)
+  np.testing.assert_array_equal(rec.indices("train"), [0, 1])
+  sub = rec.subset(rec.indices("test"))
+  assert sub.num_images == 1 and sub.stimulus_ids[0] == 3
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(images=np.zeros((4, 8, 8, 1), np.float32)), "images"),
+    (dict(responses=np.ones((3, 2, 3), np.float32)), "responses"),
+    (dict(responses=np.full((4, 2, 3), np.inf, np.float32)), "responses"),
+    (dict(neuron_coords=np.zeros((2, 2), np.float32)), "neuron_coords"),
+    (dict(split=np.array([0, 0, 1, 5], np.int8)), "split"),
+    (dict(stimulus_ids=np.array([0, 1, 1, 2])), "stimulus_ids"),
+    (dict(responses=np.ones((4, 2, 0), np.float32), neuron_coords=np.zeros((0, 2), np.float32)),
+     "responses"),
+])
+def test_bad_fields_are_named_with_the_source(changes, field):
+  with pytest.raises(DataError, match=f"file.npy: field '{field}'"):
+    _recording(**changes)
+
+
+def test_nan_must_pad_whole_repeats():
+  responses = np.ones((4, 2, 3), np.float32)
+  responses[2, 0, 1] = np.nan
+  with pytest.raises(DataError, match="NaN in some but not all neurons of image 2"):
+    _recording(responses=responses)
+  responses = np.ones((4, 2, 3), np.float32)
+  responses[3] = np.nan
+  with pytest.raises(DataError, match="image 3 has no recorded repeat"):
+    _recording(responses=responses)
+
+
+def test_dataset_checks_and_summary():
+  a, b = _recording(), _recording(name="s1", k=5,
+                                  neuron_coords=np.zeros((5, 2), np.float32),
+                                  responses=np.ones((4, 2, 5), np.float32))
+  ds = Dataset("toy", (a, b))
+  assert ds.neuron_counts == (3, 5) and ds["s1"] is b
+  assert ds.select(["s1"]).recordings == (b,)
+  with pytest.raises(DataError, match="unknown recording 'x'"):
+    ds["x"]
+  with pytest.raises(DataError, match="duplicate recording names"):
+    Dataset("toy", (a, a))
+  with pytest.raises(DataError, match="different image shapes"):
+    Dataset("toy", (a, _recording(name="s2", images=np.zeros((4, 9, 9, 1), np.uint8))))
+  text = summarize(ds)
+  assert text.splitlines()[0] == "dataset toy: 2 recordings, images 8x8x1"
+  assert text.splitlines()[3].split()[:4] == ["s1", "5", "4", "2"]
