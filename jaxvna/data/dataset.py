@@ -11,6 +11,8 @@ Shapes (per recording, N images, R repeats, K neurons):
   split         (N,) int8 index into `SPLITS`.
   stimulus_ids  (N,) int64, unique within the recording; the same id in two recordings
                 of one dataset means the same image.
+  image_features (N, F) float32 or None: precomputed features of each image (e.g. of a
+                frozen pretrained network) for the `features` image tower (LiT-style).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Recording:
   stimulus_ids: np.ndarray
   source: str = ""  # file or folder it was read from, for error messages
   truth: Mapping[str, Any] | None = None  # simulator ground truth, else None
+  image_features: np.ndarray | None = None  # (N, F) precomputed image features
 
   def __post_init__(self):
     validate_recording(self)
@@ -77,9 +80,10 @@ class Recording:
   def subset(self, image_indices: np.ndarray) -> "Recording":
     """The same recording restricted to some images (truth is kept as is)."""
     idx = np.asarray(image_indices)
+    features = None if self.image_features is None else self.image_features[idx]
     return dataclasses.replace(
         self, images=self.images[idx], responses=self.responses[idx],
-        split=self.split[idx], stimulus_ids=self.stimulus_ids[idx])
+        split=self.split[idx], stimulus_ids=self.stimulus_ids[idx], image_features=features)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -96,6 +100,12 @@ class Dataset:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
       raise DataError(f"dataset {self.name!r}: duplicate recording names {dupes}")
+    feature_dims = {None if r.image_features is None else r.image_features.shape[1]
+                    for r in self.recordings}
+    if len(feature_dims) > 1:
+      raise DataError(f"dataset {self.name!r}: recordings disagree on image_features "
+                      f"(feature dimensions {sorted(map(str, feature_dims))}); give every "
+                      "recording features of one dimension, or none")
     shapes = {r.images.shape[1:] for r in self.recordings}
     if len(shapes) > 1:
       raise DataError(f"dataset {self.name!r}: recordings have different image shapes "
@@ -174,6 +184,12 @@ def validate_recording(rec: Recording) -> None:
     fail("neuron_coords", "non-finite values")
   if rec.split.size and (rec.split.min() < 0 or rec.split.max() >= len(SPLITS)):
     fail("split", f"values must index {SPLITS}, got range [{rec.split.min()}, {rec.split.max()}]")
+  if rec.image_features is not None:
+    check_array("image_features", rec.image_features, 2, "f")
+    if rec.image_features.shape[0] != n:
+      fail("image_features", f"{rec.image_features.shape[0]} rows for {n} images")
+    if not np.isfinite(rec.image_features).all():
+      fail("image_features", "non-finite values")
   uniq, counts = np.unique(rec.stimulus_ids, return_counts=True)
   if (counts > 1).any():
     fail("stimulus_ids", f"duplicate ids {uniq[counts > 1][:5].tolist()}")

@@ -84,11 +84,14 @@ def make_record(dataset: Dataset, subject: int, image_index: int,
   responses = np.full(shape, np.nan, np.float32)
   r, k = rec.responses.shape[1:]
   responses[:r, :k] = rec.responses[image_index]
-  return {"image": rec.images[image_index],
-          "responses": responses,
-          "subject": np.int32(subject),
-          "stimulus_id": np.int64(rec.stimulus_ids[image_index]),
-          "num_neurons": np.int32(k)}
+  record = {"image": rec.images[image_index],
+            "responses": responses,
+            "subject": np.int32(subject),
+            "stimulus_id": np.int64(rec.stimulus_ids[image_index]),
+            "num_neurons": np.int32(k)}
+  if rec.image_features is not None:
+    record["image_features"] = rec.image_features[image_index]
+  return record
 
 
 class ExampleSource(Protocol):
@@ -168,11 +171,14 @@ def to_example(record: Mapping[str, np.ndarray], response_mode: str,
     response = responses[recorded].mean(axis=0)
   else:
     raise ValueError(f"response_mode: expected one of {RESPONSE_MODES}, got {response_mode!r}")
-  return {"image": np.asarray(record["image"], np.uint8),
-          "response": np.where(mask, response, 0.0).astype(np.float32),
-          "neuron_mask": mask,
-          "subject": np.int32(record["subject"]),
-          "stimulus_id": np.int64(record["stimulus_id"])}
+  example = {"image": np.asarray(record["image"], np.uint8),
+             "response": np.where(mask, response, 0.0).astype(np.float32),
+             "neuron_mask": mask,
+             "subject": np.int32(record["subject"]),
+             "stimulus_id": np.int64(record["stimulus_id"])}
+  if "image_features" in record:
+    example["image_features"] = np.asarray(record["image_features"], np.float32)
+  return example
 
 
 # ----------------------------------------------------------------------------

@@ -548,7 +548,8 @@ def read_sensorium(roots: PathLike | Iterable[PathLike], *,
 # ---------------------------------------------------------------------------------------
 # Generic .npz format
 
-NPZ_FIELDS = ("images", "responses", "neuron_coords", "split", "stimulus_ids", "name")
+NPZ_FIELDS = ("images", "responses", "neuron_coords", "split", "stimulus_ids", "name",
+              "image_features")
 
 
 def _read_npz_file(path: pathlib.Path, fractions: Sequence[float], seed: int) -> Recording:
@@ -616,9 +617,14 @@ def _read_npz_file(path: pathlib.Path, fractions: Sequence[float], seed: int) ->
       raise DataError(f"{where}: field 'name': expected a string, got {arrays['name'].dtype} "
                       f"of shape {arrays['name'].shape}")
     name = str(arrays["name"])
+  features = arrays.get("image_features")
+  if features is not None:
+    _check_ndim(features, where, "image_features", (2,), "(N, F)")
+    _check_kind(features, where, "image_features", "fiu", "numbers")
+    features = features.astype(np.float32)
   return Recording(name=name, images=images, responses=responses,
                    neuron_coords=coords.astype(np.float32), split=split,
-                   stimulus_ids=stimulus_ids, source=where)
+                   stimulus_ids=stimulus_ids, source=where, image_features=features)
 
 
 def read_npz(paths: PathLike | Iterable[PathLike], *,
@@ -637,6 +643,8 @@ def read_npz(paths: PathLike | Iterable[PathLike], *,
     stimulus_ids  (N,) unique integers, optional (default 0..N-1); equal ids in two
                   files of one dataset mean the same image.
     name          0-d string, optional (default: the file name without suffix).
+    image_features (N, F) numbers, optional: precomputed features of each image (e.g. of
+                  a frozen pretrained network) for the `features` image tower.
 
   Returns:
     Dataset "npz" with one recording per file, `source` = the file.
@@ -665,6 +673,8 @@ def write_npz(recording: Recording, path: PathLike, *, compress: bool = True) ->
       neuron_coords=recording.neuron_coords.astype(np.float32),
       split=np.array(SPLITS)[recording.split], stimulus_ids=recording.stimulus_ids,
       name=np.array(recording.name))
+  if recording.image_features is not None:
+    arrays["image_features"] = recording.image_features.astype(np.float32)
   save = np.savez_compressed if compress else np.savez
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
   try:

@@ -112,6 +112,9 @@ class RecordingsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
   def _split_generators(self, dl_manager):
     dataset = self._load_dataset(dl_manager)
+    if any(r.image_features is not None for r in dataset.recordings):
+      raise DataError(f"dataset {dataset.name!r}: TFDS copies do not store image_features; "
+                      "train on the in-memory dataset (data.kind and data.kwargs) instead")
     self._prepared_dataset = dataset
     return {split: self._generate_examples(dataset, split) for split in SPLITS
             if any(len(r.indices(split)) for r in dataset.recordings)}

@@ -54,15 +54,17 @@ def representations(config, model, params, rec: Recording, subject: int, k_max: 
              metric="pearson")
   subject_ids = lambda n: np.full((n,), subject, np.int32)
   variables = {"params": params}
+  images = (held_out.image_features if objectives.uses_image_features(config)
+            else held_out.images)
   if config.method == "vna":
     embed_img = jax.jit(lambda x: model.apply(variables, x, method=model.embed_images))
     embed_resp = jax.jit(lambda r, s: model.apply(variables, r, s, method=model.embed_responses))
     embed = lambda r: _batched(embed_resp, _padded(r, k_max), subject_ids(len(r)))
-    out.update(image_repr=_batched(embed_img, held_out.images), metric="cosine",
+    out.update(image_repr=_batched(embed_img, images), metric="cosine",
                mean_repr=embed(out["mean_repr"]), trial_repr=embed(trials))
   elif config.method == "direct_encoding":
     predict = jax.jit(lambda x, s: model.apply(variables, x, s, train=False))
-    rates = _batched(predict, held_out.images, subject_ids(len(idx)))
+    rates = _batched(predict, images, subject_ids(len(idx)))
     out.update(image_repr=rates[:, :rec.num_neurons],
                predictivity=predictivity.predictivity_report(rates[:, :rec.num_neurons],
                                                              held_out.responses))

@@ -57,6 +57,22 @@ def negative_correlation(pred: jax.Array, target: jax.Array) -> jax.Array:
   return 1.0 - r.mean()
 
 
+def uses_image_features(config) -> bool:
+  """True when the image tower reads precomputed features instead of pixels (LiT-style)."""
+  return config.model.image_tower.get("type") == "features"
+
+
+def image_input(config, batch):
+  """The image tower's input of a batch: "image_features" for the `features` tower, else
+  "image"."""
+  if not uses_image_features(config):
+    return batch["image"]
+  if "image_features" not in batch:
+    raise ValueError("config.model.image_tower.type='features' needs datasets whose "
+                     "recordings carry image_features (e.g. the npz field 'image_features')")
+  return batch["image_features"]
+
+
 def make_objective(config, model, mesh) -> Objective:
   """Returns the objective of `config.method` for `model` (a module from build_model)."""
   method = config.method
@@ -65,7 +81,7 @@ def make_objective(config, model, mesh) -> Objective:
 
     def vna(params, batch, rng):
       img_emb, neu_emb, temperature, bias = model.apply(
-          {"params": params}, batch["image"], batch["response"], batch["subject"],
+          {"params": params}, image_input(config, batch), batch["response"], batch["subject"],
           train=True, rngs={"dropout": rng})
       if loss_cfg.type == "clip":
         loss = losses.clip_loss(img_emb, neu_emb, temperature, mesh=mesh, impl=loss_cfg.impl)
@@ -81,7 +97,8 @@ def make_objective(config, model, mesh) -> Objective:
     kind = config.baseline.encoding_loss
 
     def direct_encoding(params, batch, rng):
-      rates = model.apply({"params": params}, batch["image"], batch["subject"], train=True,
+      rates = model.apply({"params": params}, image_input(config, batch), batch["subject"],
+                          train=True,
                           rngs={"dropout": rng})
       if kind == "poisson":
         loss = poisson_nll(rates, batch["response"], batch["neuron_mask"])

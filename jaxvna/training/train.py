@@ -110,14 +110,19 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.apply_if_finite(tx, max_consecutive_errors=o.max_consecutive_nonfinite)
 
 
-def _example_batch(dataset: Dataset):
+def _example_batch(config, dataset: Dataset):
   """Zero inputs of batch size 1 with the dataset's shapes, for `model.init`."""
-  return (jnp.zeros((1, *dataset.image_shape), jnp.uint8),
-          jnp.zeros((1, max(dataset.neuron_counts)), jnp.float32), jnp.zeros((1,), jnp.int32))
+  features = dataset.recordings[0].image_features
+  if objectives.uses_image_features(config) and features is not None:
+    images = jnp.zeros((1, features.shape[1]), jnp.float32)
+  else:
+    images = jnp.zeros((1, *dataset.image_shape), jnp.uint8)
+  return images, jnp.zeros((1, max(dataset.neuron_counts)), jnp.float32), jnp.zeros(
+      (1,), jnp.int32)
 
 
 def init_state(config, model, tx, dataset: Dataset) -> TrainState:
-  images, responses, subject = _example_batch(dataset)
+  images, responses, subject = _example_batch(config, dataset)
   rng = jax.random.key(config.seed)
   if config.method == "vna":
     args = (images, responses, subject)

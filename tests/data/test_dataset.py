@@ -70,3 +70,15 @@ def test_dataset_checks_and_summary():
   text = summarize(ds)
   assert text.splitlines()[0] == "dataset toy: 2 recordings, images 8x8x1"
   assert text.splitlines()[3].split()[:4] == ["s1", "5", "4", "2"]
+
+
+def test_image_features_are_validated_and_follow_subsets():
+  feats = np.arange(8, dtype=np.float32).reshape(4, 2)
+  rec = _recording(image_features=feats)
+  np.testing.assert_array_equal(rec.subset([3]).image_features, feats[[3]])
+  with pytest.raises(DataError, match="field 'image_features': 3 rows for 4 images"):
+    _recording(image_features=feats[:3])
+  with pytest.raises(DataError, match="field 'image_features': non-finite"):
+    _recording(image_features=np.full((4, 2), np.nan, np.float32))
+  with pytest.raises(DataError, match="disagree on image_features"):
+    Dataset("toy", (rec, _recording(name="s1")))

@@ -515,3 +515,16 @@ def test_load_registry(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "jaxvna.data.simulator", fake)
   assert readers.load("simulator", seed=3, num_subjects=1) is expected
   assert calls == [dict(seed=3, num_subjects=1)]
+
+
+def test_npz_round_trip_keeps_image_features(tmp_path):
+  rng = np.random.default_rng(0)
+  rec = Recording(name="mine", images=rng.integers(0, 255, (6, 8, 8, 1), dtype=np.uint8),
+                  responses=rng.poisson(2.0, (6, 1, 4)).astype(np.float32),
+                  neuron_coords=np.zeros((4, 0), np.float32),
+                  split=np.array([0, 0, 0, 0, 2, 2], np.int8),
+                  stimulus_ids=np.arange(6, dtype=np.int64),
+                  image_features=rng.normal(size=(6, 5)).astype(np.float32))
+  readers.write_npz(rec, tmp_path / "mine.npz")
+  back = readers.read_npz(tmp_path / "mine.npz").recordings[0]
+  np.testing.assert_array_equal(back.image_features, rec.image_features)

@@ -225,3 +225,22 @@ def test_eval_command_rescores_the_latest_checkpoint(tmp_path):
                  *flags]).communicate(timeout=600)
   rescored = json.loads((tmp_path / "results.json").read_text())
   assert rescored == trained, out[-2000:]
+
+
+def test_features_tower_trains_on_precomputed_image_features(tmp_path, tiny_dataset):
+  """LiT-style: a head over fixed features (here Gabor-energy features) learns."""
+  import dataclasses
+  from jaxvna.data import Dataset
+  from jaxvna.models import gabor_ridge
+  with_features = Dataset(tiny_dataset.name, tuple(
+      dataclasses.replace(r, image_features=gabor_ridge.gabor_energy_features(
+          r.images, spatial_frequencies=(1, 2, 4, 8)))
+      for r in tiny_dataset.recordings))
+  config = tiny_config(steps=80)
+  config.model.image_tower = dict(type="features", hidden=(128,))
+  out = train.train_and_evaluate(config, tmp_path, dataset=with_features)
+  res = out["results"]["vna"]
+  for task in ("decoding", "encoding"):
+    assert res[task]["10"]["top1"] > 0.2, res[task]["10"]
+  with pytest.raises(ValueError, match="image_features"):
+    train.train(config, tmp_path / "no_features", dataset=tiny_dataset)
