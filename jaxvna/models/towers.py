@@ -244,9 +244,17 @@ class MLP(nn.Module):
     return x, feats
 
 
-def _finish(emb: jax.Array, feats: dict, return_features: bool):
-  emb = emb.astype(jnp.float32)
-  return (emb, feats) if return_features else emb
+def _mlp_head(tower: nn.Module, x: jax.Array, feats: dict, return_features: bool):
+  """The end every tower shares: MLP(tower.hidden) -> linear tower.embed_dim, float32.
+
+  Called inside a tower's compact __call__, so "mlp" and "head" are that tower's children.
+  Returns emb (B, embed_dim), or (emb, feats with the MLP's outputs added).
+  """
+  x, hidden_feats = MLP(tower.hidden, tower.activation, tower.dtype, tower.param_dtype,
+                        name="mlp")(x)
+  emb = nn.Dense(tower.embed_dim, dtype=tower.dtype, param_dtype=tower.param_dtype,
+                 name="head")(x).astype(jnp.float32)
+  return (emb, {**feats, **hidden_feats}) if return_features else emb
 
 
 # ----------------------------------------------------------------------------- image towers
@@ -297,12 +305,7 @@ class ConvTower(nn.Module):
     else:
       raise ValueError(f"image_tower.pool: unknown {self.pool!r}; expected 'mean'|'max'")
     feats["pooled"] = x
-    x, hidden_feats = MLP(self.hidden, self.activation, self.dtype, self.param_dtype,
-                          name="mlp")(x)
-    feats.update(hidden_feats)
-    emb = nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                   name="head")(x)
-    return _finish(emb, feats, return_features)
+    return _mlp_head(self, x, feats, return_features)
 
 
 class MLPTower(nn.Module):
@@ -324,10 +327,7 @@ class MLPTower(nn.Module):
     del train
     x = scale_images(x, self.input_mean, self.input_std, self.dtype)
     x = x.reshape(x.shape[0], -1)
-    x, feats = MLP(self.hidden, self.activation, self.dtype, self.param_dtype, name="mlp")(x)
-    emb = nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                   name="head")(x)
-    return _finish(emb, feats, return_features)
+    return _mlp_head(self, x, {}, return_features)
 
 
 class FeatureHead(nn.Module):
@@ -345,10 +345,7 @@ class FeatureHead(nn.Module):
   def __call__(self, features: jax.Array, *, train: bool, return_features: bool = False):
     del train
     x = features.reshape(features.shape[0], -1).astype(self.dtype)
-    x, feats = MLP(self.hidden, self.activation, self.dtype, self.param_dtype, name="mlp")(x)
-    emb = nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                   name="head")(x)
-    return _finish(emb, feats, return_features)
+    return _mlp_head(self, x, {}, return_features)
 
 
 # ----------------------------------------------------------------------------- neural tower
@@ -441,12 +438,7 @@ class NeuralTower(nn.Module):
     x = act(SubjectReadin(tuple(self.num_neurons_per_subject), self.readin_dim, self.dtype,
                           self.param_dtype, name="readin")(x, subject))
     feats = {"readin": x}
-    x, hidden_feats = MLP(self.hidden, self.activation, self.dtype, self.param_dtype,
-                          name="mlp")(x)
-    feats.update(hidden_feats)
-    emb = nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                   name="head")(x)
-    return _finish(emb, feats, return_features)
+    return _mlp_head(self, x, feats, return_features)
 
 
 # ----------------------------------------------------------------------------- top level

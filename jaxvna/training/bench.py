@@ -51,21 +51,18 @@ def synthetic_batch(config, mesh):
 def run(config) -> dict:
   """Measures the step of `config` (its model, loss, optimiser and batch size)."""
   from jaxvna.data.dataset import Dataset, Recording
-  from jaxvna.models import towers
   from jaxvna.training import objectives, train
 
   b = config.bench
   mesh = train.make_mesh()
   batch = synthetic_batch(config, mesh)
-  # A one-image stand-in dataset: init_state only needs the shapes.
+  # A one-image stand-in dataset: the model and its initial state only need the shapes.
   stand_in = Dataset("bench", (Recording(
       name="bench", images=np.zeros((1, *b.image_shape), np.uint8),
       responses=np.zeros((1, 1, b.num_neurons), np.float32),
       neuron_coords=np.zeros((b.num_neurons, 0), np.float32), split=np.zeros(1, np.int8),
       stimulus_ids=np.zeros(1, np.int64)),))
-  model = towers.build_model(config.model, method=config.method,
-                             num_neurons_per_subject=(b.num_neurons,),
-                             image_shape=tuple(b.image_shape))
+  model = train.make_model(config, stand_in)
   tx = train.make_optimizer(config)
   state = jax.device_put(train.init_state(config, model, tx, stand_in), NamedSharding(mesh, P()))
   step = train.make_train_step(config, objectives.make_objective(config, model, mesh), tx)

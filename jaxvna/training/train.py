@@ -96,6 +96,13 @@ class TrainState:
   opt_state: Any
 
 
+def make_model(config, dataset: Dataset):
+  """The module of `config.method` for the dataset's neuron counts and image shape."""
+  return towers.build_model(config.model, method=config.method,
+                            num_neurons_per_subject=dataset.neuron_counts,
+                            image_shape=dataset.image_shape)
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
   """AdamW with warmup + cosine decay and global-norm clipping; non-finite updates skipped."""
   o = config.optim
@@ -174,9 +181,7 @@ def train(config, workdir: str | os.PathLike, *, dataset: Dataset | None = None,
     raise ValueError(f"config.train.batch_size={config.train.batch_size} is not a multiple of "
                      f"the {mesh.size} devices")
 
-  model = towers.build_model(config.model, method=config.method,
-                             num_neurons_per_subject=dataset.neuron_counts,
-                             image_shape=dataset.image_shape)
+  model = make_model(config, dataset)
   tx = make_optimizer(config)
   replicated = NamedSharding(mesh, P())
   state = jax.device_put(init_state(config, model, tx, dataset), replicated)
@@ -233,9 +238,7 @@ def evaluate_workdir(config, workdir):
   """`jaxvna eval`: re-evaluates the latest checkpoint of a finished or interrupted run."""
   workdir = pathlib.Path(workdir)
   dataset = load_dataset(config)
-  model = towers.build_model(config.model, method=config.method,
-                             num_neurons_per_subject=dataset.neuron_counts,
-                             image_shape=dataset.image_shape)
+  model = make_model(config, dataset)
   tx = make_optimizer(config)
   state = init_state(config, model, tx, dataset)
   abstract = jax.tree.map(

@@ -98,9 +98,7 @@ def test_baselines_train_and_evaluate(tmp_path, tiny_dataset, method):
 def test_nan_batch_is_skipped_and_counted(tiny_dataset):
   config = tiny_config()
   mesh = train.make_mesh()
-  model = train.towers.build_model(config.model, method="vna",
-                                   num_neurons_per_subject=tiny_dataset.neuron_counts,
-                                   image_shape=tiny_dataset.image_shape)
+  model = train.make_model(config, tiny_dataset)
   tx = train.make_optimizer(config)
   state = train.init_state(config, model, tx, tiny_dataset)
   before = jax.tree.map(np.asarray, state.params)
@@ -169,9 +167,7 @@ def test_resume_on_another_device_count(tmp_path):
 
 def _final_params(workdir, config):
   dataset = readers.load("simulator", **TINY_DATA)
-  model = train.towers.build_model(config.model, method="vna",
-                                   num_neurons_per_subject=dataset.neuron_counts,
-                                   image_shape=dataset.image_shape)
+  model = train.make_model(config, dataset)
   state = train.init_state(config, model, train.make_optimizer(config), dataset)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
