@@ -9,7 +9,7 @@ import ml_collections
 
 def get_config(method: str = "vna"):
   c = ml_collections.ConfigDict()
-  c.method = method  # vna | direct_encoding | direct_decoding
+  c.method = method  # vna | direct_encoding | direct_decoding | mivae
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
@@ -19,6 +19,8 @@ def get_config(method: str = "vna"):
       seed=0, num_subjects=3, num_images=5000, image_size=64,
       neurons_per_subject=(300, 250, 200), spatial_frequency_range=(3.0, 12.0)))
   c.data.response_mode = "trial"  # train on single trials (mean: trial averages)
+  # Train on a nested fraction of each subject's training images (data-size studies).
+  c.data.train_fraction = 1.0
 
   c.model = ml_collections.ConfigDict()
   c.model.embed_dim = 128

@@ -25,5 +25,5 @@ def test_every_shipped_config_builds():
       continue
     module = config_files.sibling(str(path), path.stem)
     config = module.get_config()
-    assert config.method in ("vna", "direct_encoding", "direct_decoding")
+    assert config.method in ("vna", "direct_encoding", "direct_decoding", "mivae")
     assert config.train.steps > 0 and config.train.batch_size > 0

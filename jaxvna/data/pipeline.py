@@ -107,13 +107,35 @@ class ExampleSource(Protocol):
   def __getitem__(self, index: int) -> dict[str, np.ndarray]: ...
 
 
-class DatasetSource:
-  """Random access to the records of one split of an in-memory `Dataset`."""
+def nested_subset(subjects: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """Bool mask keeping `fraction` of each subject's records (at least one).
 
-  def __init__(self, dataset: Dataset, split: str):
+  The records kept are the first of a per-subject permutation fixed by `seed` alone, so
+  the subset for a smaller fraction is contained in the subset for a larger one (nested
+  training sets for data-size studies).
+  """
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"training fraction: expected 0 < fraction <= 1, got {fraction}")
+  keep = np.zeros(len(subjects), bool)
+  for s in np.unique(subjects):
+    pos = np.flatnonzero(subjects == s)
+    order = np.random.default_rng([seed, int(s)]).permutation(pos.size)
+    keep[pos[order[:max(1, int(round(fraction * pos.size)))]]] = True
+  return keep
+
+
+class DatasetSource:
+  """Random access to the records of one split of an in-memory `Dataset`, optionally a
+  nested `fraction` of each subject's records (`nested_subset`)."""
+
+  def __init__(self, dataset: Dataset, split: str, *, fraction: float = 1.0,
+               subset_seed: int = 0):
     self.dataset = dataset
     self.split = split
     self.subjects, self._image_indices = split_order(dataset, split)
+    if fraction != 1.0:
+      keep = nested_subset(self.subjects, fraction, subset_seed)
+      self.subjects, self._image_indices = self.subjects[keep], self._image_indices[keep]
     if not len(self.subjects):
       raise DataError(f"dataset {dataset.name!r}: split {split!r} holds no images")
     self.neuron_counts = dataset.neuron_counts

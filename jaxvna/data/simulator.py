@@ -68,6 +68,9 @@ Truth. `Recording.truth` is a dict of float32 (or int8/bool) numpy arrays:
   responsive        (K,) bool;
   latent_weights    (K, L) weights of the latent factors (zero outside higher cells);
   latents           (N, L) the whitened latent factors of this subject's images;
+  latent_rf         (L, H, W) receptive field of each latent factor: the root-mean-square
+                    over the 64 probe images of its gradient w.r.t. the pixels, unit L2
+                    norm (the same for every subject);
   image_factors     (N, F) the image-level factors named by `IMAGE_FACTORS` (NaN where
                     not applicable: leaf parameters of photographs);
   rates             (N, K) noiseless rates (expected response at unit gain);
@@ -825,6 +828,8 @@ def simulate_with_model(*, seed: int = 0, num_subjects: int = 3, num_images: int
   probes = _rng(seed, _NETWORK_STREAM, 1).choice(
       num_images, min(_NUM_RF_PROBES, num_images), replace=False)
   probe_jacobian = latent_jacobian(net, images[probes])
+  latent_rf = np.sqrt(np.mean(probe_jacobian**2, axis=0))
+  latent_rf /= np.linalg.norm(latent_rf.reshape(len(latent_rf), -1), axis=1)[:, None, None] + 1e-12
   repeat_counts = np.asarray(repeats, np.int64)
 
   populations, recordings = [], []
@@ -847,6 +852,7 @@ def simulate_with_model(*, seed: int = 0, num_subjects: int = 3, num_images: int
         "spatial_frequency": pop.spatial_frequency, "phase": pop.phase, "sigma": pop.sigma,
         "rf_center": rf_center, "responsive": pop.cell_type != NONRESPONSIVE,
         "latent_weights": pop.latent_weights, "latents": latents[seen],
+        "latent_rf": latent_rf.astype(np.float32),
         "image_factors": factors[seen], "rates": rates, "gain": gain,
     }
     recordings.append(Recording(

@@ -7,11 +7,14 @@ A prepared dataset lives in `data_dir/<builder name>/<config>/<version>/`:
   <name>-<split>.array_record-*   one record per (recording, image), the record format of
                                   `jaxvna.data.pipeline` ("image", "responses" NaN-padded
                                   to (R_max, K_max), "subject", "stimulus_id",
-                                  "num_neurons"); splits without images are left out
+                                  "num_neurons", and "image_features" (F,) float32 when
+                                  the dataset has them); splits without images are left
+                                  out
   dataset_info.json, features.json  TFDS's own description
   jaxvna_arrays.npz                 per recording: neuron_coords, split, stimulus_ids, truth
-  jaxvna_metadata.json              names, neuron counts, sources, shapes; written last
-                                    and the mark of a complete preparation
+  jaxvna_metadata.json              names, neuron counts, sources, shapes, feature
+                                    dimension; written last and the mark of a complete
+                                    preparation
 
 Records are written in key order (`disable_shuffling`): recordings in dataset order,
 images in stored order, so a record's position is known from the metadata; each record
@@ -28,11 +31,14 @@ never read and may be deleted.
 Builders (TFDS names): jaxvna_simulator, cowley_v4, allen_natural_scenes, sensorium2022
 (manual download) and jaxvna_npz. A builder config carries the reader's keyword
 arguments; `prepare` names a config after a hash of arguments that match no predefined one.
+The features depend on the data (the "image_features" dimension, if any), and TFDS fixes
+a builder's features when it is constructed, so `prepare` reads the dataset first and
+hands it to the builder; a builder constructed without one (TFDS opening a copy by name)
+takes its features from the copy's features.json and cannot prepare.
 """
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import hashlib
 import json
@@ -71,10 +77,47 @@ def read_dataset(kind: str, **reader_kwargs) -> Dataset:
   return readers.load(kind, **reader_kwargs)
 
 
+def image_feature_dim(dataset: Dataset) -> int | None:
+  """F of the dataset's (N, F) `image_features`, or None when its recordings have none.
+
+  `Dataset` already guarantees one F for every recording, or features on none.
+
+  Raises:
+    DataError: naming the recording and field, for features that are not float32: the
+      copy stores them unconverted, so that it gives back the same arrays.
+  """
+  for rec in dataset.recordings:
+    if rec.image_features is not None and rec.image_features.dtype != np.float32:
+      raise DataError(f"{rec.source or rec.name}: field 'image_features': TFDS copies store "
+                      f"float32, got {rec.image_features.dtype}; cast the features to "
+                      "float32 (the training pipeline reads them as float32)")
+  features = dataset.recordings[0].image_features
+  return None if features is None else features.shape[1]
+
+
+def record_features(dataset: Dataset) -> tfds.features.FeaturesDict:
+  """The TFDS features of the records of `dataset` (the `pipeline` record format)."""
+  # Shapes vary between datasets (and configs), so dimensions are left open; "bytes"
+  # encoding stores tensors with several unknown dimensions without TensorFlow.
+  features = {
+      "image": tfds.features.Tensor(shape=(None, None, None), dtype=np.uint8,
+                                    encoding="bytes"),
+      "responses": tfds.features.Tensor(shape=(None, None), dtype=np.float32,
+                                        encoding="bytes"),
+      "subject": tfds.features.Tensor(shape=(), dtype=np.int32),
+      "stimulus_id": tfds.features.Tensor(shape=(), dtype=np.int64),
+      "num_neurons": tfds.features.Tensor(shape=(), dtype=np.int32),
+  }
+  dim = image_feature_dim(dataset)
+  if dim is not None:
+    features["image_features"] = tfds.features.Tensor(shape=(dim,), dtype=np.float32)
+  return tfds.features.FeaturesDict(features)
+
+
 class RecordingsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base builder: one record per (recording, image) of the `Dataset` a reader returns.
 
-  Subclasses set `READER_KIND` (the `readers.load` kind) and may override `_load_dataset`.
+  Subclasses set `READER_KIND` (the `readers.load` kind) and may override `load_dataset`.
   """
 
   VERSION = tfds.core.Version("1.0.0")
@@ -82,24 +125,27 @@ class RecordingsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   BUILDER_CONFIGS = [ReaderConfig(name="default", description="the reader's defaults")]
   READER_KIND: str = ""
 
+  def __init__(self, *, dataset: Dataset | None = None, **kwargs):
+    """A builder; TFDS arguments (data_dir, config, file_format, ...) go to the base class.
+
+    Args:
+      dataset: the `Dataset` to prepare (`load_dataset` of the config's reader kwargs);
+        None to open a prepared copy, whose features then come from its features.json.
+    """
+    self._dataset = dataset  # set first: the base constructor builds `info` from it
+    super().__init__(**kwargs)
+
   def _info(self) -> tfds.core.DatasetInfo:
-    # Shapes vary between datasets (and configs), so dimensions are left open; "bytes"
-    # encoding stores tensors with several unknown dimensions without TensorFlow.
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(None, None, None), dtype=np.uint8,
-                                          encoding="bytes"),
-            "responses": tfds.features.Tensor(shape=(None, None), dtype=np.float32,
-                                              encoding="bytes"),
-            "subject": tfds.features.Tensor(shape=(), dtype=np.int32),
-            "stimulus_id": tfds.features.Tensor(shape=(), dtype=np.int64),
-            "num_neurons": tfds.features.Tensor(shape=(), dtype=np.int32),
-        }),
+        features=None if self._dataset is None else record_features(self._dataset),
         disable_shuffling=True)  # keep key order: positions follow the metadata
 
-  @abc.abstractmethod
-  def _load_dataset(self, dl_manager) -> Dataset:
-    """The `Dataset` to store, read with this builder config's reader kwargs."""
+  @classmethod
+  def load_dataset(cls, reader_kwargs: Mapping[str, Any],
+                   manual_dir: str | None) -> Dataset:
+    """The `Dataset` to store: the config's reader kwargs read (from the manual folder)."""
+    del manual_dir  # only manual-download builders read one
+    return read_dataset(cls.READER_KIND, **dict(reader_kwargs))
 
   @classmethod
   def split_reader_kwargs(cls, reader_kwargs: Mapping[str, Any] | None
@@ -107,17 +153,12 @@ class RecordingsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     """(kwargs the builder config carries, manual download folder or None)."""
     return dict(reader_kwargs or {}), None
 
-  def _read(self, **extra) -> Dataset:
-    return read_dataset(self.READER_KIND, **dict(self.builder_config.reader_kwargs), **extra)
-
   def _split_generators(self, dl_manager):
-    dataset = self._load_dataset(dl_manager)
-    if any(r.image_features is not None for r in dataset.recordings):
-      raise DataError(f"dataset {dataset.name!r}: TFDS copies do not store image_features; "
-                      "train on the in-memory dataset (data.kind and data.kwargs) instead")
-    self._prepared_dataset = dataset
-    return {split: self._generate_examples(dataset, split) for split in SPLITS
-            if any(len(r.indices(split)) for r in dataset.recordings)}
+    if self._dataset is None:
+      raise DataError(f"{self.name}: a builder writes only the dataset it was given; "
+                      "prepare copies with jaxvna.data.tfds_builders.prepare")
+    return {split: self._generate_examples(self._dataset, split) for split in SPLITS
+            if any(len(r.indices(split)) for r in self._dataset.recordings)}
 
   def _generate_examples(self, dataset: Dataset, split: str):
     shape = pipeline.record_shape(dataset)
@@ -129,7 +170,7 @@ class RecordingsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
     # Still inside TFDS's incomplete directory: the metadata is renamed into place with
     # the records, and written last so that its presence marks a complete preparation.
-    write_metadata(pathlib.Path(self.data_dir), self._prepared_dataset, kind=self.READER_KIND,
+    write_metadata(pathlib.Path(self.data_dir), self._dataset, kind=self.READER_KIND,
                    reader_kwargs=dict(self.builder_config.reader_kwargs))
 
 
@@ -143,26 +184,17 @@ class JaxvnaSimulator(RecordingsBuilder):
                    reader_kwargs={"num_images": 1000, "image_size": 32}),
   ]
 
-  def _load_dataset(self, dl_manager) -> Dataset:
-    return self._read()
-
 
 class CowleyV4(RecordingsBuilder):
   """Macaque V4 (Cowley et al. 2023); reader kwargs name the folder."""
 
   READER_KIND = "cowley_v4"
 
-  def _load_dataset(self, dl_manager) -> Dataset:
-    return self._read()
-
 
 class AllenNaturalScenes(RecordingsBuilder):
   """Mouse V1, Allen Brain Observatory natural scenes; reader kwargs name the folder."""
 
   READER_KIND = "allen_natural_scenes"
-
-  def _load_dataset(self, dl_manager) -> Dataset:
-    return self._read()
 
 
 def _is_sensorium_session(path: pathlib.Path) -> bool:
@@ -179,9 +211,9 @@ class Sensorium2022(RecordingsBuilder):
   READER_KIND = "sensorium"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Download the Sensorium 2022 static datasets (https://gin.g-node.org/cajal/Sensorium2022),
-  unpack each session (a folder with data/ and meta/) into one folder, and pass that
-  folder as `tfds.download.DownloadConfig(manual_dir=...)`. `jaxvna data --prepare_dir`
-  does this with the folders named in the config's data.kwargs.roots.
+  unpack each session (a folder with data/ and meta/) into one folder, and name the
+  session folders (or that folder) in the config's data.kwargs.roots for
+  `jaxvna data --prepare_dir`.
   """
 
   @classmethod
@@ -201,14 +233,21 @@ class Sensorium2022(RecordingsBuilder):
                       f"manual download folder) to be prepared; got parents {parents}")
     return dict(kwargs, sessions=[p.name for p in paths]), parents[0]
 
-  def _load_dataset(self, dl_manager) -> Dataset:
-    kwargs = dict(self.builder_config.reader_kwargs)
-    manual = pathlib.Path(os.fspath(dl_manager.manual_dir))
+  @classmethod
+  def load_dataset(cls, reader_kwargs, manual_dir):
+    """Reads the config's "sessions" of the manual folder, else every session folder in it."""
+    kwargs = dict(reader_kwargs)
+    if manual_dir is None:
+      raise DataError("sensorium: field 'roots': missing; name the session folders or the "
+                      f"folder that holds them.{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    manual = pathlib.Path(manual_dir)
+    found = manual.iterdir() if manual.is_dir() else ()
     sessions = kwargs.pop("sessions", None) or sorted(
-        p.name for p in manual.iterdir() if _is_sensorium_session(p))
+        p.name for p in found if _is_sensorium_session(p))
     if not sessions:
-      raise DataError(f"{manual}: no Sensorium session folders (folders with data/ and meta/)")
-    return read_dataset(self.READER_KIND, roots=[os.fspath(manual / s) for s in sessions],
+      raise DataError(f"{manual}: no Sensorium session folders (folders with data/ and "
+                      f"meta/).{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    return read_dataset(cls.READER_KIND, roots=[os.fspath(manual / s) for s in sessions],
                         **kwargs)
 
 
@@ -216,9 +255,6 @@ class JaxvnaNpz(RecordingsBuilder):
   """Recordings from jaxvna's own .npz format; reader kwargs name the file(s)."""
 
   READER_KIND = "npz"
-
-  def _load_dataset(self, dl_manager) -> Dataset:
-    return self._read()
 
 
 BUILDERS: dict[str, type[RecordingsBuilder]] = {
@@ -232,7 +268,11 @@ BUILDERS: dict[str, type[RecordingsBuilder]] = {
 
 def write_metadata(path: pathlib.Path, dataset: Dataset, *, kind: str,
                    reader_kwargs: Mapping[str, Any]) -> None:
-  """Writes what records do not hold (neuron coords, splits, ids, truth) into `path`."""
+  """Writes what records do not hold (neuron coords, splits, ids, truth) into `path`.
+
+  "image_feature_dim" is F, or None when the records hold no "image_features" (always so
+  in copies written before features were stored, which lack the field).
+  """
   arrays, recordings = {}, []
   for i, rec in enumerate(dataset.recordings):
     arrays[f"rec{i}_neuron_coords"] = rec.neuron_coords
@@ -256,6 +296,7 @@ def write_metadata(path: pathlib.Path, dataset: Dataset, *, kind: str,
           "reader_kwargs": json.loads(_canonical_json(dict(reader_kwargs))),
           "image_shape": list(dataset.image_shape),
           "record_shape": list(pipeline.record_shape(dataset)),
+          "image_feature_dim": image_feature_dim(dataset),
           "recordings": recordings}
   with open(path / METADATA_FILE, "w") as f:
     json.dump(meta, f, indent=1)
@@ -356,12 +397,11 @@ def prepare(kind: str, data_dir: str | os.PathLike, *, reader_kwargs: Mapping[st
   final.parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".incomplete-{cls.name}-", dir=final.parent))
   try:
+    dataset = cls.load_dataset(config.reader_kwargs, manual_dir)
     predefined = any(c.name == config.name for c in cls.BUILDER_CONFIGS)
     builder = cls(data_dir=os.fspath(staging / "tfds"), file_format="array_record",
-                  config=config.name if predefined else config)
-    builder.download_and_prepare(
-        download_dir=os.fspath(staging / "downloads"),
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+                  config=config.name if predefined else config, dataset=dataset)
+    builder.download_and_prepare(download_dir=os.fspath(staging / "downloads"))
     built = pathlib.Path(builder.data_dir)
     if not is_prepared(built):
       raise DataError(f"{built}: preparation ended without {METADATA_FILE}")
@@ -390,6 +430,14 @@ def _swap_into_place(built: pathlib.Path, final: pathlib.Path, *, trash: pathlib
 # Reading
 # ----------------------------------------------------------------------------
 
+def _as_record(values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """`pipeline.as_record`, keeping "image_features" (float32) where the copy stores them."""
+  record = pipeline.as_record(values)
+  if "image_features" in values:
+    record["image_features"] = np.asarray(values["image_features"], np.float32)
+  return record
+
+
 def _split_subjects(meta: dict, arrays: Mapping[str, np.ndarray], split: str) -> np.ndarray:
   """(n,) subject of each record of `split`, in record order."""
   code = SPLITS.index(split)
@@ -398,7 +446,10 @@ def _split_subjects(meta: dict, arrays: Mapping[str, np.ndarray], split: str) ->
 
 
 class PreparedSource:
-  """Random access to the records of one split of a prepared dataset (`pipeline` format)."""
+  """Random access to the records of one split of a prepared dataset (`pipeline` format).
+
+  Records carry "image_features" (F,) float32 when the prepared dataset has them.
+  """
 
   def __init__(self, path: str | os.PathLike, split: str):
     self.path = pathlib.Path(path)
@@ -424,10 +475,10 @@ class PreparedSource:
     return len(self.subjects)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    return pipeline.as_record(self._records[int(index)])
+    return _as_record(self._records[int(index)])
 
   def __getitems__(self, indices) -> list[dict[str, np.ndarray]]:
-    return [pipeline.as_record(r) for r in self._records.__getitems__([int(i) for i in indices])]
+    return [_as_record(r) for r in self._records.__getitems__([int(i) for i in indices])]
 
   def __repr__(self):
     return f"PreparedSource({os.fspath(self.path)!r}, {self.split!r}, {len(self)} records)"
@@ -441,6 +492,9 @@ def read_prepared(path: str | os.PathLike) -> Dataset:
   images = [np.zeros((r["num_images"], *meta["image_shape"]), np.uint8) for r in recs]
   responses = [np.zeros((r["num_images"], r["num_repeats"], r["num_neurons"]), np.float32)
                for r in recs]
+  feature_dim = meta.get("image_feature_dim")  # absent from copies without features
+  features = [None if feature_dim is None else np.zeros((r["num_images"], feature_dim),
+                                                        np.float32) for r in recs]
   filled = [np.zeros(r["num_images"], bool) for r in recs]
   position = [{int(sid): j for j, sid in enumerate(arrays[f"rec{i}_stimulus_ids"])}
               for i in range(len(recs))]
@@ -458,6 +512,8 @@ def read_prepared(path: str | os.PathLike) -> Dataset:
         r, k = responses[s].shape[1:]
         images[s][j] = record["image"]
         responses[s][j] = record["responses"][:r, :k]
+        if feature_dim is not None:
+          features[s][j] = record["image_features"]
         filled[s][j] = True
   recordings = []
   for i, r in enumerate(recs):
@@ -469,7 +525,8 @@ def read_prepared(path: str | os.PathLike) -> Dataset:
     recordings.append(Recording(
         name=r["name"], images=images[i], responses=responses[i],
         neuron_coords=arrays[f"rec{i}_neuron_coords"], split=arrays[f"rec{i}_split"],
-        stimulus_ids=arrays[f"rec{i}_stimulus_ids"], source=r["source"], truth=truth))
+        stimulus_ids=arrays[f"rec{i}_stimulus_ids"], source=r["source"], truth=truth,
+        image_features=features[i]))
   return Dataset(meta["dataset_name"], tuple(recordings))
 
 

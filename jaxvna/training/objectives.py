@@ -1,8 +1,8 @@
 """Training objectives: one function per method, all with the signature
 
-    objective(params, batch, rng) -> (loss, metrics)
+    objective(params, batch, rng, step) -> (loss, metrics)
 
-where `batch` is the pipeline's global batch dict ("image" (B,H,W,C) uint8, "response"
+where `step` is the (traced) optimiser step (for schedules such as KL annealing) and `batch` is the pipeline's global batch dict ("image" (B,H,W,C) uint8, "response"
 (B,K) float32 zero-padded, "neuron_mask" (B,K) bool, "subject" (B,) int32). The trainer
 differentiates whichever objective the config selects inside its single jitted step.
 """
@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvna import losses
+from jaxvna.models import mivae, towers
 
 Objective = Callable[..., tuple[jax.Array, dict]]
 
@@ -73,13 +74,25 @@ def image_input(config, batch):
   return batch["image_features"]
 
 
-def make_objective(config, model, mesh) -> Objective:
-  """Returns the objective of `config.method` for `model` (a module from build_model)."""
+def kl_weight(config, step) -> jax.Array:
+  """KL annealing: the weight of the ELBO's KL terms, linear from 0 to 1 over
+  `mivae.kl_anneal_steps` optimiser steps (1 throughout when that is 0)."""
+  steps = config.mivae.kl_anneal_steps
+  if not steps:
+    return jnp.float32(1.0)
+  return jnp.minimum(1.0, step.astype(jnp.float32) / steps)
+
+
+def make_objective(config, model, mesh, *, neuron_table=None) -> Objective:
+  """Returns the objective of `config.method` for `model` (a module from build_model, or
+  a MiVAE with `neuron_table`, the training subjects' `neuron_features.neuron_table`)."""
   method = config.method
+  if method == "mivae":
+    return _mivae_objective(config, model, mesh, neuron_table)
   if method == "vna":
     loss_cfg = config.loss
 
-    def vna(params, batch, rng):
+    def vna(params, batch, rng, step=None):
       img_emb, neu_emb, temperature, bias = model.apply(
           {"params": params}, image_input(config, batch), batch["response"], batch["subject"],
           train=True, rngs={"dropout": rng})
@@ -96,7 +109,7 @@ def make_objective(config, model, mesh) -> Objective:
   if method == "direct_encoding":
     kind = config.baseline.encoding_loss
 
-    def direct_encoding(params, batch, rng):
+    def direct_encoding(params, batch, rng, step=None):
       rates = model.apply({"params": params}, image_input(config, batch), batch["subject"],
                           train=True,
                           rngs={"dropout": rng})
@@ -112,7 +125,7 @@ def make_objective(config, model, mesh) -> Objective:
   if method == "direct_decoding":
     kind, size = config.baseline.decoding_loss, config.model.decoder_size
 
-    def direct_decoding(params, batch, rng):
+    def direct_decoding(params, batch, rng, step=None):
       recon = model.apply({"params": params}, batch["response"], batch["subject"], train=True,
                           rngs={"dropout": rng})
       target = downsample_images(batch["image"], size)
@@ -125,4 +138,44 @@ def make_objective(config, model, mesh) -> Objective:
       return loss, {"loss": loss}
     return direct_decoding
 
-  raise ValueError(f"config.method: unknown {method!r}; expected vna|direct_encoding|direct_decoding")
+  raise ValueError(f"config.method: unknown {method!r}; expected "
+                   f"vna|direct_encoding|direct_decoding|mivae")
+
+
+def _mivae_objective(config, model, mesh, neuron_table) -> Objective:
+  """The miVAE loss: contrastive term + weighted ELBO, one scalar for the single step.
+
+  loss = contrastive_weight * clip(z_x^c, z_y^c)
+         + elbo_weight * (mean_b[neural_nll + beta (kl_shared + kl_subject)
+                                 + image_weight (image_nll + beta kl_image)]
+                          + l1_weight * sum |loadings| / num_subjects)
+  with beta the KL annealing weight (`kl_weight`). Embeddings of the contrastive term are
+  the L2-normalised posterior means, exactly as VNA's, through `jaxvna.losses`.
+  """
+  if neuron_table is None:
+    raise ValueError("method 'mivae' needs the training subjects' neuron table")
+  table = {k: jnp.asarray(v) for k, v in neuron_table.items()}
+  m, size = config.mivae, config.model.decoder_size
+
+  def mivae_loss(params, batch, rng, step):
+    r_dropout, r_latent = jax.random.split(rng)
+    out = model.apply({"params": params}, image_input(config, batch), batch["response"],
+                      batch["subject"], table, train=True,
+                      rngs={"dropout": r_dropout, "latent": r_latent})
+    terms = mivae.elbo_terms(out, batch["response"], batch["neuron_mask"],
+                             downsample_images(batch["image"], size))
+    beta = kl_weight(config, step)
+    elbo_loss = jnp.mean(terms["neural_nll"] + beta * (terms["kl_shared"] + terms["kl_subject"])
+                         + m.image_weight * (terms["image_nll"] + beta * terms["kl_image"]))
+    neu_emb = towers.l2_normalize(out["neural"]["shared"][0])
+    img_emb = towers.l2_normalize(out["image"]["shared"][0])
+    contrastive = losses.clip_loss(img_emb, neu_emb, out["temperature"], mesh=mesh,
+                                   impl=config.loss.impl)
+    # A Laplace prior on the loadings, per subject: sparse loadings pin the latent axes.
+    loadings = params["neural_decoder"]["loadings"]
+    sparsity = jnp.sum(jnp.abs(loadings)) / loadings.shape[0]
+    loss = m.contrastive_weight * contrastive + m.elbo_weight * (elbo_loss + m.l1_weight * sparsity)
+    metrics = {k: jnp.mean(v) for k, v in terms.items()}
+    return loss, dict(metrics, loss=loss, contrastive=contrastive, kl_weight=beta,
+                      temperature=out["temperature"])
+  return mivae_loss

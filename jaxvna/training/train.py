@@ -20,10 +20,10 @@ from absl import logging
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxvna.data import Dataset, readers
+from jaxvna.data import Dataset, neuron_features, readers
 from jaxvna.data import pipeline
 from jaxvna.evaluation import discriminative
-from jaxvna.models import towers
+from jaxvna.models import mivae, towers
 from jaxvna.training import checkpoint, objectives
 
 # Fields that may change between a run and its resumption (more steps, other evals).
@@ -79,7 +79,8 @@ def load_dataset(config) -> Dataset:
 
 
 def make_input(config, dataset: Dataset, mesh):
-  source = pipeline.DatasetSource(dataset, "train")
+  source = pipeline.DatasetSource(dataset, "train", fraction=config.data.train_fraction,
+                                  subset_seed=config.seed)
   return pipeline.make_train_iterator(
       source, global_batch_size=config.train.batch_size, mesh=mesh, seed=config.seed,
       response_mode=config.data.response_mode)
@@ -98,9 +99,18 @@ class TrainState:
 
 def make_model(config, dataset: Dataset):
   """The module of `config.method` for the dataset's neuron counts and image shape."""
+  if config.method == "mivae":
+    return mivae.build_mivae(config, dataset.neuron_counts, dataset.image_shape)
   return towers.build_model(config.model, method=config.method,
                             num_neurons_per_subject=dataset.neuron_counts,
                             image_shape=dataset.image_shape)
+
+
+def make_neuron_table(config, dataset: Dataset) -> dict | None:
+  """The miVAE's per-neuron features and standardisation of `dataset`'s subjects (else None)."""
+  if config.method != "mivae":
+    return None
+  return neuron_features.neuron_table(dataset, tuple(config.mivae.neuron_features))
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -128,16 +138,21 @@ def _example_batch(config, dataset: Dataset):
       (1,), jnp.int32)
 
 
-def init_state(config, model, tx, dataset: Dataset) -> TrainState:
+def init_state(config, model, tx, dataset: Dataset, neuron_table: dict | None = None
+               ) -> TrainState:
   images, responses, subject = _example_batch(config, dataset)
   rng = jax.random.key(config.seed)
-  if config.method == "vna":
+  if config.method == "mivae":
+    table = neuron_table if neuron_table is not None else make_neuron_table(config, dataset)
+    args = (images, responses, subject, jax.tree.map(jnp.asarray, table))
+  elif config.method == "vna":
     args = (images, responses, subject)
   elif config.method == "direct_encoding":
     args = (images, subject)
   else:
     args = (responses, subject)
-  params = model.init({"params": rng, "dropout": rng}, *args, train=False)["params"]
+  params = model.init({"params": rng, "dropout": rng, "latent": rng}, *args,
+                      train=False)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
@@ -151,7 +166,8 @@ def make_train_step(config, objective, tx):
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(base_rng, state.step)
-    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, rng)
+    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, rng,
+                                                                     state.step)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
@@ -183,9 +199,11 @@ def train(config, workdir: str | os.PathLike, *, dataset: Dataset | None = None,
 
   model = make_model(config, dataset)
   tx = make_optimizer(config)
+  table = make_neuron_table(config, dataset)
   replicated = NamedSharding(mesh, P())
-  state = jax.device_put(init_state(config, model, tx, dataset), replicated)
-  step_fn = make_train_step(config, objectives.make_objective(config, model, mesh), tx)
+  state = jax.device_put(init_state(config, model, tx, dataset, table), replicated)
+  step_fn = make_train_step(
+      config, objectives.make_objective(config, model, mesh, neuron_table=table), tx)
   batches = make_input(config, dataset, mesh)
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints)
@@ -225,10 +243,28 @@ def train(config, workdir: str | os.PathLike, *, dataset: Dataset | None = None,
   return model, params, dataset
 
 
+def training_dataset(config, dataset: Dataset) -> Dataset:
+  """The subjects a run trains on: all of them, except miVAE's held-out subjects."""
+  if config.method != "mivae":
+    return dataset
+  from jaxvna.evaluation import mivae as mivae_evaluation
+  return mivae_evaluation.split_subjects(config, dataset)[0]
+
+
+def evaluate(config, model, params, dataset: Dataset, workdir) -> dict:
+  """{method: results} on held-out images (miVAE: also held-out subjects and truth)."""
+  if config.method == "mivae":
+    from jaxvna.evaluation import mivae as mivae_evaluation
+    return {"mivae": mivae_evaluation.evaluate(config, model, params, dataset, workdir=workdir)}
+  return {config.method: discriminative.evaluate_model(config, model, params, dataset)}
+
+
 def train_and_evaluate(config, workdir, *, force: bool = False, dataset: Dataset | None = None):
   """`jaxvna train`: trains, evaluates on held-out images, writes workdir/results.json."""
-  model, params, dataset = train(config, workdir, dataset=dataset, force=force)
-  results = {config.method: discriminative.evaluate_model(config, model, params, dataset)}
+  dataset = dataset if dataset is not None else load_dataset(config)
+  model, params, _ = train(config, workdir, dataset=training_dataset(config, dataset),
+                           force=force)
+  results = evaluate(config, model, params, dataset, workdir)
   out = {"dataset": dataset.name, "results": results}
   _write_json(pathlib.Path(workdir) / "results.json", out)
   return out
@@ -238,9 +274,10 @@ def evaluate_workdir(config, workdir):
   """`jaxvna eval`: re-evaluates the latest checkpoint of a finished or interrupted run."""
   workdir = pathlib.Path(workdir)
   dataset = load_dataset(config)
-  model = make_model(config, dataset)
+  trained_on = training_dataset(config, dataset)
+  model = make_model(config, trained_on)
   tx = make_optimizer(config)
-  state = init_state(config, model, tx, dataset)
+  state = init_state(config, model, tx, trained_on)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                      sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
@@ -250,7 +287,7 @@ def evaluate_workdir(config, workdir):
   if restored is None:
     raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to evaluate")
   _, state, _ = restored
-  results = {config.method: discriminative.evaluate_model(config, model, state.params, dataset)}
+  results = evaluate(config, model, state.params, dataset, workdir)
   out = {"dataset": dataset.name, "results": results}
   _write_json(workdir / "results.json", out)
   return out

@@ -1,5 +1,6 @@
 """Tests of the ArrayRecord TFDS builders: round trip, atomic preparation, configs."""
 
+import dataclasses
 import json
 import sys
 
@@ -16,11 +17,16 @@ tfds.disable_progress_bar()
 FIELDS = ("images", "responses", "neuron_coords", "split", "stimulus_ids")
 
 
-def make_dataset(seed=0):
-  """Two recordings with different repeat and neuron counts; ground truth on the first."""
+def make_dataset(seed=0, *, feature_dims=(None, None), id_offset=2**40):
+  """Two recordings with different repeat and neuron counts; ground truth on the first.
+
+  `feature_dims` gives each recording (N, F) float32 image_features of that F, or none;
+  recording i's stimulus ids are offset by i * `id_offset`.
+  """
   rng = np.random.default_rng(seed)
   recordings = []
-  for i, (name, n, r, k) in enumerate((("s0", 20, 3, 4), ("s1", 12, 1, 6))):
+  for i, (name, n, r, k, f) in enumerate((("s0", 20, 3, 4, feature_dims[0]),
+                                          ("s1", 12, 1, 6, feature_dims[1]))):
     responses = rng.normal(size=(n, r, k)).astype(np.float32)
     if r > 1:
       responses[::3, 1:] = np.nan  # every third image has a single repeat
@@ -28,25 +34,31 @@ def make_dataset(seed=0):
         name=name, images=rng.integers(0, 256, (n, 6, 5, 3), dtype=np.uint8),
         responses=responses, neuron_coords=rng.normal(size=(k, 3)).astype(np.float32),
         split=(np.arange(n) % 4 % 3).astype(np.int8),
-        stimulus_ids=rng.permutation(1000)[:n].astype(np.int64) + 2**40 * i,
+        stimulus_ids=rng.permutation(1000)[:n].astype(np.int64) + id_offset * i,
         source=f"fake/{name}.npz",
         truth={"latents": rng.normal(size=(n, 2)).astype(np.float32),
-               "types": np.arange(k, dtype=np.int8)} if i == 0 else None))
+               "types": np.arange(k, dtype=np.int8)} if i == 0 else None,
+        image_features=None if f is None else rng.normal(size=(n, f)).astype(np.float32)))
   return Dataset("toy", tuple(recordings))
+
+
+def use_reader(monkeypatch, make):
+  """Makes the builders read `make()` (called on each read); returns the reader calls."""
+  calls = []
+
+  def read(kind, **kwargs):
+    calls.append((kind, kwargs))
+    return make()
+
+  monkeypatch.setattr(tfds_builders, "read_dataset", read)
+  return calls
 
 
 @pytest.fixture
 def fake_reader(monkeypatch):
   """Makes the builders read `make_dataset()` and records the reader calls."""
-  calls = []
   dataset = make_dataset()
-
-  def read(kind, **kwargs):
-    calls.append((kind, kwargs))
-    return dataset
-
-  monkeypatch.setattr(tfds_builders, "read_dataset", read)
-  return dataset, calls
+  return dataset, use_reader(monkeypatch, lambda: dataset)
 
 
 def assert_datasets_equal(a, b):
@@ -56,6 +68,10 @@ def assert_datasets_equal(a, b):
       np.testing.assert_array_equal(getattr(x, field), getattr(y, field), err_msg=field)
       assert getattr(x, field).dtype == getattr(y, field).dtype, field
     assert x.source == y.source
+    assert (x.image_features is None) == (y.image_features is None)
+    if x.image_features is not None:
+      np.testing.assert_array_equal(x.image_features, y.image_features)
+      assert x.image_features.dtype == y.image_features.dtype == np.float32
     assert (x.truth is None) == (y.truth is None)
     for key in x.truth or {}:
       np.testing.assert_array_equal(x.truth[key], y.truth[key])
@@ -127,6 +143,79 @@ def test_prepared_source_gives_the_records_and_batches_of_the_in_memory_source(
                                       subject_weighting="equal"))
 
 
+def test_image_features_round_trip_through_array_record(tmp_path, monkeypatch):
+  dataset = make_dataset(feature_dims=(7, 7))
+  use_reader(monkeypatch, lambda: dataset)
+  path = tfds_builders.prepare("npz", tmp_path, reader_kwargs={})
+  assert_datasets_equal(dataset, tfds_builders.read_prepared(path))
+  meta = json.loads((path / tfds_builders.METADATA_FILE).read_text())
+  assert meta["image_feature_dim"] == 7
+  # TFDS opening the copy by name (no dataset in hand) takes the features from the copy.
+  records = tfds.data_source("jaxvna_npz/default", data_dir=tmp_path, split="test")
+  rec = dataset.recordings[0]
+  first = rec.indices("test")[0]
+  assert int(records[0]["subject"]) == 0 and records[0]["image_features"].shape == (7,)
+  np.testing.assert_array_equal(records[0]["image_features"], rec.image_features[first])
+  # A dataset without features stores none (and says so in the metadata).
+  use_reader(monkeypatch, make_dataset)
+  plain = tfds_builders.prepare("npz", tmp_path / "plain", reader_kwargs={})
+  assert json.loads((plain / tfds_builders.METADATA_FILE).read_text())[
+      "image_feature_dim"] is None
+  assert "image_features" not in tfds_builders.PreparedSource(plain, "train")[0]
+
+
+def test_training_batches_of_a_prepared_source_carry_the_image_features(tmp_path, monkeypatch):
+  dataset = make_dataset(feature_dims=(7, 7), id_offset=1000)  # ids fit int32 on device
+  use_reader(monkeypatch, lambda: dataset)
+  prepared = tfds_builders.PreparedSource(tfds_builders.prepare("npz", tmp_path,
+                                                                reader_kwargs={}), "train")
+  memory = pipeline.DatasetSource(dataset, "train")
+  for i in range(len(memory)):
+    a, b = prepared[i], memory[i]
+    assert a.keys() == b.keys() and "image_features" in a
+    np.testing.assert_array_equal(a["image_features"], b["image_features"])
+    assert a["image_features"].dtype == np.float32
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  make = lambda src: pipeline.make_train_iterator(src, global_batch_size=8, mesh=mesh, seed=0,
+                                                  subject_weighting="equal")
+  from_prepared, from_memory = make(prepared), make(memory)
+  for _ in range(3):
+    x, y = next(from_prepared), next(from_memory)
+    assert x.keys() == y.keys() and x["image_features"].shape == (8, 7)
+    assert x["image_features"].dtype == np.float32
+    for key in x:
+      np.testing.assert_array_equal(np.asarray(x[key]), np.asarray(y[key]), err_msg=key)
+
+
+def test_image_features_that_cannot_be_stored_fail_before_anything_is_written(
+    tmp_path, monkeypatch):
+  def check_nothing_written():
+    assert not tfds_builders.prepared_dir("npz", tmp_path).exists()
+    assert not [p for p in tmp_path.rglob("*") if "incomplete" in p.name]
+
+  # Features of two dimensions, or on some recordings only: the dataset itself refuses.
+  for dims in ((7, 5), (7, None)):
+    use_reader(monkeypatch, lambda dims=dims: make_dataset(feature_dims=dims))
+    with pytest.raises(DataError, match="disagree on image_features"):
+      tfds_builders.prepare("npz", tmp_path, reader_kwargs={})
+    check_nothing_written()
+  # Non-float32 features would not come back as the same arrays: the builder refuses.
+  dataset = make_dataset(feature_dims=(7, 7))
+  widened = dataclasses.replace(dataset.recordings[1], image_features=dataset.recordings[
+      1].image_features.astype(np.float64))
+  use_reader(monkeypatch, lambda: Dataset("toy", (dataset.recordings[0], widened)))
+  with pytest.raises(DataError, match=r"fake/s1\.npz: field 'image_features': TFDS copies "
+                                      r"store float32, got float64"):
+    tfds_builders.prepare("npz", tmp_path, reader_kwargs={})
+  check_nothing_written()
+
+
+def test_builders_prepare_only_through_prepare(tmp_path):
+  builder = tfds.builder("jaxvna_npz", data_dir=tmp_path)
+  with pytest.raises(DataError, match="prepare copies with jaxvna.data.tfds_builders.prepare"):
+    builder.download_and_prepare(file_format="array_record")
+
+
 def test_failed_preparation_leaves_nothing_complete_and_a_rerun_succeeds(
     tmp_path, fake_reader, monkeypatch):
   dataset, _ = fake_reader
@@ -191,8 +280,10 @@ def test_sensorium_reads_session_folders_from_the_manual_folder(tmp_path, fake_r
   dataset, calls = fake_reader
   manual = tmp_path / "manual"
   manual.mkdir()
-  with pytest.raises(AssertionError, match="Sensorium 2022 static datasets"):
+  with pytest.raises(DataError, match=r"(?s)no Sensorium session folders.*Sensorium 2022 static"):
     tfds_builders.prepare("sensorium", tmp_path / "tfds", reader_kwargs={"roots": str(manual)})
+  with pytest.raises(DataError, match="field 'roots': missing"):
+    tfds_builders.prepare("sensorium", tmp_path / "tfds", reader_kwargs={})
   for session in ("mouse_b", "mouse_a"):
     (manual / session / "data").mkdir(parents=True)
     (manual / session / "meta").mkdir()

@@ -1,0 +1,28 @@
+"""miVAE on the macaque V4 recordings of Cowley et al. (2023), sessions as individuals.
+
+  jaxvna train --config=configs/mivae_cowley_v4.py --workdir=W [--config.data.root=...]
+
+Sessions of both animals (WE: 1909xx, PE: 2010xx-2103xx) are the subjects; two whole
+sessions, one per animal, are held out of training and embedded zero-shot from their
+neuron features (tuning fingerprints computed from their own training images). There is
+no ground truth, so results.mivae holds the discriminative accuracies, zero_shot and
+zero_shot_ratio, held_out_elbo and the neuron groups.
+"""
+
+from jaxvna.config_files import sibling
+
+mivae_sim = sibling(__file__, "mivae_sim")
+vna_cowley_v4 = sibling(__file__, "vna_cowley_v4")
+
+
+def get_config(arg=None):
+  del arg
+  c = vna_cowley_v4.get_config("mivae")
+  c.mivae = mivae_sim.get_config().mivae
+  c.mivae.holdout_subjects = ("190929", "210325")
+  c.model.image_tower.hidden = (256,)
+  c.model.decoder_size = 16
+  c.train.steps = 1500
+  c.train.checkpoint_every = 500
+  c.eval.gabor_ridge = False
+  return c

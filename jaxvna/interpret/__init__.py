@@ -1,0 +1,1 @@
+"""Interpretation: tracing latents back to pixels and neurons (`attribution`)."""
