@@ -23,6 +23,6 @@ def get_config(arg=None):
                               preprocess="none", activation="gelu")
   c.train.batch_size = 256
   c.bench = ml_collections.ConfigDict(dict(
-      name="bench_cnn", image_shape=(64, 64, 1), num_neurons=1000, steps=20,
-      warmup_steps=3))
+      name="bench_cnn", image_shape=(64, 64, 1), num_neurons=1000, steps=5,
+      warmup_steps=3, rounds=4))
   return c

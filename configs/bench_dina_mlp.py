@@ -23,6 +23,6 @@ def get_config(arg=None):
                               preprocess="none", activation="relu")
   c.train.batch_size = 256
   c.bench = ml_collections.ConfigDict(dict(
-      name="bench_dina_mlp", image_shape=(64, 64, 1), num_neurons=1000, steps=50,
-      warmup_steps=5))
+      name="bench_dina_mlp", image_shape=(64, 64, 1), num_neurons=1000, steps=20,
+      warmup_steps=5, rounds=5))
   return c

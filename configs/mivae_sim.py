@@ -33,11 +33,17 @@ def get_config(arg=None):
       neuron_features=("tuning",),
       readin_dim=256, feature_hidden=(128,), hidden=(256,), neuron_dropout=0.1,
       image_decoder_hidden=(256,),
-      contrastive_weight=1.0, elbo_weight=0.01, image_weight=1.0, l1_weight=1.0,
+      # Loss weights (objectives._mivae_objective). A small image_weight keeps pixel
+      # reconstruction from taking over z_y^c, which must carry what neurons respond to.
+      contrastive_weight=1.0, elbo_weight=0.1, image_weight=0.01, l1_weight=0.1,
       kl_anneal_steps=300,
+      # Fix the shared axes by the varimax rotation of the sparse decoder loadings (None:
+      # axes as trained). Rotations leave every cosine similarity unchanged.
+      rotate_axes="varimax",
       holdout_subjects=("subject3",), ratio_n_way=10,
-      attribution_stimuli=256, attribution_samples=4, neuron_groups=8))
-  c.train.steps = 1500
-  c.train.checkpoint_every = 500
+      attribution_stimuli=256, attribution_samples=4, neuron_groups=8,
+      map_smoothing=2.0))       # pixels (Gaussian sigma) before comparing pixel maps
+  c.train.steps = 3000
+  c.train.checkpoint_every = 1000
   c.eval.gabor_ridge = False
   return c

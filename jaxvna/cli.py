@@ -5,6 +5,13 @@ Commands:
   data   print a summary of the configured dataset; with --prepare_dir, build its TFDS copy.
   train  train the configured model, then evaluate it (workdir/results.json).
   eval   evaluate the latest checkpoint in --workdir.
+  interpret  train DINA in --workdir if needed, then explain it: contribution maps, key
+             neurons, ablation curves, frequency probe (workdir/interpret.json, figures).
+  visualize  MIG-Vis: train (or resume) the group VAE, the MI critic and the diffusion
+             model in --workdir, edit held-out images along each latent group
+             (workdir/visualize.json, migvis_group*.png).
+  scaling  train on nested fractions of the training images, fit error(n) = a * n^b + c
+           with bootstrap CIs (workdir/scaling.json, scaling.csv, scaling.png).
   bench  time the configured training step against the CPU's matmul peak.
 """
 
@@ -12,8 +19,11 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = ("demo", "data", "train", "eval", "bench")
-_DEFAULT_CONFIG = {"demo": "vna_sim.py", "data": "vna_sim.py", "bench": "bench_dina_mlp.py"}
+COMMANDS = ("demo", "data", "train", "eval", "bench", "interpret", "visualize",
+            "scaling")
+_DEFAULT_CONFIG = {"demo": "vna_sim.py", "data": "vna_sim.py", "bench": "bench_dina_mlp.py",
+                   "interpret": "dina_sim.py", "visualize": "migvis_sim.py",
+                   "scaling": "scaling_sim.py"}
 
 
 def _packaged_config(name: str) -> str:
@@ -59,9 +69,21 @@ def _main(command: str, flags_values) -> int:
       dataset = readers.load(config.data.kind, **config.data.kwargs)
     print(summarize(dataset))
     return 0
+  if command == "scaling":
+    from jaxvna.training import scaling
+    scaling.run(config, flags_values.workdir, force=flags_values.force)
+    return 0
   if command == "bench":
     from jaxvna.training import bench
     bench.run(config)
+    return 0
+  if command == "visualize":
+    from jaxvna.interpret import migvis
+    migvis.visualize(config, flags_values.workdir, force=flags_values.force)
+    return 0
+  if command == "interpret":
+    from jaxvna.interpret import dina
+    dina.run(config, flags_values.workdir, force=flags_values.force)
     return 0
   from jaxvna.training import train
   if command == "train":

@@ -14,9 +14,22 @@ def _run(*args, timeout=300):
 
 def test_usage_and_unknown_command(capsys):
   assert cli.run(["jaxvna", "--help"]) == 0
-  assert "demo" in capsys.readouterr().out
+  usage = capsys.readouterr().out
+  assert "demo" in usage and "interpret" in usage and "scaling" in usage
   assert cli.run(["jaxvna", "fly"]) == 2
   assert "unknown command 'fly'" in capsys.readouterr().err
+
+
+def test_interpret_refuses_a_config_that_is_not_dina(tmp_path):
+  out = _run("interpret", "--config=" + vna_sim.__file__, f"--workdir={tmp_path}")
+  assert out.returncode != 0
+  assert "jaxvna interpret explains DINA models; config.method is 'vna'" in out.stderr
+
+
+def test_scaling_refuses_too_few_fractions(tmp_path):
+  out = _run("scaling", "--config.scaling.fractions=(0.5,1.0)", f"--workdir={tmp_path}")
+  assert out.returncode != 0
+  assert "scaling.fractions: need at least 3 distinct fractions" in out.stderr
 
 
 def test_data_prints_the_summary_of_a_configured_dataset():

@@ -25,5 +25,14 @@ def test_every_shipped_config_builds():
       continue
     module = config_files.sibling(str(path), path.stem)
     config = module.get_config()
-    assert config.method in ("vna", "direct_encoding", "direct_decoding", "mivae")
+    assert config.method in ("vna", "direct_encoding", "direct_decoding", "mivae", "dina",
+                             "group_vae")
     assert config.train.steps > 0 and config.train.batch_size > 0
+
+
+def test_scaling_configs_define_a_study_of_nested_fractions():
+  for name in ("scaling_sim", "scaling_cowley_v4"):
+    config = config_files.sibling(str(config_files.configs_dir() / f"{name}.py"), name).get_config()
+    fractions = tuple(config.scaling.fractions)
+    assert len(fractions) >= 3 and fractions == tuple(sorted(fractions)) and fractions[-1] == 1.0
+    assert config.scaling.bootstrap >= 200 and config.data.train_fraction == 1.0

@@ -5,6 +5,7 @@ one subject, compared by one similarity (science.md):
 
   method            image representation          response representation    similarity
   vna               image embedding               response embedding         cosine
+  dina              joint image embedding         joint response embedding   cosine
   direct_encoding   predicted rates of the image  measured response          Pearson
   direct_decoding   the image, downsampled        reconstruction             Pearson
   gabor_ridge       ridge-predicted rates         measured response          Pearson
@@ -13,6 +14,10 @@ Decoding scores responses (queries) against images (candidates); encoding scores
 (queries) against responses (candidates). "averaged" uses trial-averaged responses;
 "single_trial" uses every recorded trial: as a query (decoding), or as a candidate whose
 distractors are trials of other images (encoding); see `identification.discriminative_similarity`.
+
+DINA's joint embeddings concatenate its per-level unit embeddings scaled by
+sqrt(level weight / total weight), so their cosine is the level-weighted mean of the
+per-level cosines (`models.dina.DINA.joint`).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ def representations(config, model, params, rec: Recording, subject: int, k_max: 
   variables = {"params": params}
   images = (held_out.image_features if objectives.uses_image_features(config)
             else held_out.images)
-  if config.method == "vna":
+  if config.method in ("vna", "dina"):
     embed_img = jax.jit(lambda x: model.apply(variables, x, method=model.embed_images))
     embed_resp = jax.jit(lambda r, s: model.apply(variables, r, s, method=model.embed_responses))
     embed = lambda r: _batched(embed_resp, _padded(r, k_max), subject_ids(len(r)))

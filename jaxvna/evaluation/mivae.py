@@ -15,7 +15,8 @@ Reported under `results.mivae` (see `evaluate`):
                                        of z_x^c (trial-averaged responses), of z_y^c, and of
                                        z_x^c of held-out subjects against the true latents;
   rf_corr                              pixel attribution of each matched z_y^c dimension vs
-                                       the true receptive field of its latent factor;
+                                       the true receptive field of its latent factor, both
+                                       Gaussian-smoothed by `mivae.map_smoothing` pixels;
   responsive_auc                       neuron attribution (summed over latents) vs the
                                        true responsive mask, ROC AUC, mean over subjects;
   neuron_groups                        sizes of the k-means groups of neuron profiles.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
+from scipy import ndimage
 
 from jaxvna.data import Dataset, neuron_features
 from jaxvna.evaluation import discriminative, identifiability, identification
@@ -47,10 +49,25 @@ def split_subjects(config, dataset: Dataset) -> tuple[Dataset, tuple[str, ...]]:
   return dataset.select(kept), holdout
 
 
-class Encoders:
-  """Jitted posterior means of a trained miVAE, for images and for any subject's responses."""
+def axis_rotation(config, params, train_ds: Dataset) -> np.ndarray | None:
+  """The rotation that fixes the shared latent axes (`mivae.rotate_axes`): "varimax" of
+  the training subjects' decoder loadings, or None (axes as trained)."""
+  from jaxvna.models import mivae
+  kind = config.mivae.rotate_axes
+  if kind is None:
+    return None
+  if kind != "varimax":
+    raise ValueError(f"config.mivae.rotate_axes: unknown {kind!r}; expected 'varimax' or None")
+  loadings = np.asarray(params["neural_decoder"]["loadings"])
+  stacked = np.concatenate([loadings[s, :k] for s, k in enumerate(train_ds.neuron_counts)])
+  return mivae.varimax(stacked).astype(np.float32)
 
-  def __init__(self, model, params, table: dict):
+
+class Encoders:
+  """Jitted posterior means of a trained miVAE, for images and for any subject's responses,
+  in the axes given by `rotation` (C, C) when set."""
+
+  def __init__(self, model, params, table: dict, rotation: np.ndarray | None = None):
     import jax
     import jax.numpy as jnp
     from jaxvna.models import mivae
@@ -60,21 +77,24 @@ class Encoders:
     self.table = {k: jnp.asarray(v) for k, v in table.items()}
     variables = {"params": params}
     self.k_max = table["mask"].shape[1]
-    self._images = jax.jit(lambda x: model.apply(variables, x, method=model.encode_images))
-    self._responses = jax.jit(lambda r, s, std: model.apply(
-        variables, r, s, self.table, standardized=std, method=model.encode_responses),
+    rotate = ((lambda g: g) if rotation is None else
+              (lambda g: mivae.rotate_gaussian(*g, jnp.asarray(rotation))))
+    self._images = jax.jit(lambda x: rotate(
+        model.apply(variables, x, method=model.encode_images)["shared"]))
+    self._responses = jax.jit(lambda r, s, std: rotate(model.apply(
+        variables, r, s, self.table, standardized=std, method=model.encode_responses)["shared"]),
         static_argnums=2)
     self._standardize = jax.jit(lambda r, s: mivae.standardize_responses(r, s, self.table))
 
   def images(self, images) -> np.ndarray:
     """(N, ...) images -> (N, C) means of z_y^c."""
-    return discriminative._batched(lambda x: self._images(x)["shared"][0], images)
+    return discriminative._batched(lambda x: self._images(x)[0], images)
 
   def responses(self, responses, subject: int) -> np.ndarray:
     """(N, K_s) counts of table row `subject` -> (N, C) means of z_x^c."""
     padded = discriminative._padded(responses, self.k_max)
     subjects = np.full((len(padded),), subject, np.int32)
-    return discriminative._batched(lambda r, s: self._responses(r, s, False)["shared"][0],
+    return discriminative._batched(lambda r, s: self._responses(r, s, False)[0],
                                    padded, subjects)
 
   def standardized(self, responses, subject: int) -> np.ndarray:
@@ -84,13 +104,12 @@ class Encoders:
 
   def image_encoder(self):
     """x -> (mu, logvar) of z_y^c, for attribution."""
-    return lambda x: self._images(x)["shared"]
+    return self._images
 
   def response_encoder(self, subject: int):
     """standardised (B, K_max) -> (mu, logvar) of z_x^c of table row `subject`."""
     import jax.numpy as jnp
-    return lambda x: self._responses(x, jnp.full((x.shape[0],), subject, jnp.int32),
-                                     True)["shared"]
+    return lambda x: self._responses(x, jnp.full((x.shape[0],), subject, jnp.int32), True)
 
 
 def subject_representations(enc: Encoders, rec, subject: int, split: str) -> dict:
@@ -139,57 +158,63 @@ def _ratio(zero_shot: dict, within: dict, n_way: str) -> float:
   return float(z / w)
 
 
-def truth_scores(config, enc: Encoders, dataset: Dataset, train_names, workdir) -> dict:
-  """Identifiability and attribution scores against the simulator's truth."""
+def attribution_scores(config, enc: Encoders, dataset: Dataset, train_names, workdir) -> dict:
+  """Score-based attribution of the shared latents to pixels and neurons, with figures;
+  against the simulator's truth (MCC, rf_corr, responsive_auc) where recordings carry it."""
   import jax
   from jaxvna.interpret import attribution
-  split = config.eval.split
-  names = [rec.name for rec in dataset.recordings]
-  mcc, mcc_zero, auc, profiles_all = [], [], [], []
-  image_match = None
+  split, m = config.eval.split, config.mivae
+  has_truth = all(rec.truth is not None and "latents" in rec.truth for rec in dataset.recordings)
+  out, mcc, mcc_zero, auc, profiles_all = {}, [], [], [], []
   for s, rec in enumerate(dataset.recordings):
-    idx = rec.indices(split)
-    latents = rec.truth["latents"][idx]
-    held_out = rec.subset(idx)
-    mu_x = enc.responses(held_out.mean_responses, s)
-    score, _, _ = identifiability.mean_correlation_coefficient(mu_x, latents)
-    (mcc if rec.name in train_names else mcc_zero).append(score)
-    if image_match is None:
-      mcc_image, rows, cols = identifiability.mean_correlation_coefficient(
-          enc.images(held_out.images), latents)
-      image_match = (rec, idx, mcc_image, rows, cols)
+    held_out = rec.subset(rec.indices(split))
+    if has_truth:
+      score, _, _ = identifiability.mean_correlation_coefficient(
+          enc.responses(held_out.mean_responses, s), rec.truth["latents"][rec.indices(split)])
+      (mcc if rec.name in train_names else mcc_zero).append(score)
     if rec.name in train_names:
       trials, _ = identification.single_trial_queries(held_out.responses)
-      x = enc.standardized(trials[:config.mivae.attribution_stimuli], s)
+      x = enc.standardized(trials[:m.attribution_stimuli], s)
       maps = attribution.score_attribution(enc.response_encoder(s), x, jax.random.key(s),
-                                           num_samples=config.mivae.attribution_samples)
+                                           num_samples=m.attribution_samples)
       profiles = maps[:, :rec.num_neurons].T                      # (K, C)
-      responsive = rec.truth["responsive"]
-      if responsive.any() and not responsive.all():
+      responsive = None if rec.truth is None else rec.truth.get("responsive")
+      if responsive is not None and responsive.any() and not responsive.all():
         auc.append(identifiability.roc_auc(profiles.sum(1), responsive))
       profiles_all.append(profiles)
 
-  rec, idx, mcc_image, rows, cols = image_match
-  images = rec.images[idx[:config.mivae.attribution_stimuli]].astype(np.float32) / 255.0
+  rec = dataset[train_names[0]]
+  idx = rec.indices(split)
+  images = rec.images[idx[:m.attribution_stimuli]].astype(np.float32) / 255.0
   pixel = attribution.score_attribution(enc.image_encoder(), images, jax.random.key(0),
-                                        num_samples=config.mivae.attribution_samples)
-  pixel = pixel.sum(-1)                                            # (C, H, W), channels summed
-  true_rf = rec.truth["latent_rf"]
-  rf_corr = float(np.mean([identifiability.map_correlation(pixel[r], true_rf[c])
-                           for r, c in zip(rows, cols)]))
+                                        num_samples=m.attribution_samples).sum(-1)  # (C, H, W)
+  # Gradients through strided convolutions alias at the pixel scale (a checkerboard), in
+  # the learned maps and in the truth alike: compare and show both at `map_smoothing`.
+  smooth = lambda a: ndimage.gaussian_filter(a, m.map_smoothing)
+  pixel = np.stack([smooth(p) for p in pixel])
+  rows, cols, reference = np.arange(len(pixel)), None, None
+  if has_truth:
+    mcc_image, rows, cols = identifiability.mean_correlation_coefficient(
+        enc.images(rec.images[idx]), rec.truth["latents"][idx])
+    reference = np.stack([smooth(r) for r in rec.truth["latent_rf"][cols]])
+    out.update(
+        mcc=float(np.mean(mcc)), mcc_image=mcc_image,
+        mcc_zero_shot=float(np.mean(mcc_zero)) if mcc_zero else None,
+        rf_corr=float(np.mean([identifiability.map_correlation(pixel[r], ref)
+                               for r, ref in zip(rows, reference)])),
+        responsive_auc=float(np.mean(auc)) if auc else None)
   profiles = np.concatenate(profiles_all)
-  labels, _ = attribution.neuron_groups(profiles, config.mivae.neuron_groups, seed=config.seed)
+  labels, _ = attribution.neuron_groups(profiles, m.neuron_groups, seed=config.seed)
+  out["neuron_groups"] = np.bincount(labels, minlength=m.neuron_groups).tolist()
   if workdir is not None:
     workdir = pathlib.Path(workdir)
+    titles = ([f"z{j}" for j in rows] if cols is None
+              else [f"z{r}~latent{c}" for r, c in zip(rows, cols)])
     attribution.plot_pixel_maps(pixel[rows], workdir / "mivae_pixel_maps.png",
-                                reference=true_rf[cols],
-                                titles=[f"z{r}~latent{c}" for r, c in zip(rows, cols)])
+                                reference=reference, titles=titles)
     attribution.plot_neuron_groups(profiles, labels, workdir / "mivae_neuron_groups.png",
                                    title="miVAE neuron groups (training subjects)")
-  return {"mcc": float(np.mean(mcc)), "mcc_image": mcc_image,
-          "mcc_zero_shot": float(np.mean(mcc_zero)) if mcc_zero else None,
-          "rf_corr": rf_corr, "responsive_auc": float(np.mean(auc)) if auc else None,
-          "neuron_groups": np.bincount(labels, minlength=config.mivae.neuron_groups).tolist()}
+  return out
 
 
 def evaluate(config, model, params, dataset: Dataset, *, workdir=None) -> dict:
@@ -197,7 +222,7 @@ def evaluate(config, model, params, dataset: Dataset, *, workdir=None) -> dict:
   train_ds, holdout = split_subjects(config, dataset)
   kinds = tuple(config.mivae.neuron_features)
   table = neuron_features.neuron_table(dataset, kinds)
-  enc = Encoders(model, params, table)
+  enc = Encoders(model, params, table, axis_rotation(config, params, train_ds))
   per_subject = {rec.name: discriminative.score_representations(
       subject_representations(enc, rec, s, config.eval.split), config.eval)
       for s, rec in enumerate(dataset.recordings)}
@@ -210,6 +235,5 @@ def evaluate(config, model, params, dataset: Dataset, *, workdir=None) -> dict:
     out["zero_shot_ratio"] = _ratio(zero_shot, within, str(config.mivae.ratio_n_way))
   train_table = neuron_features.neuron_table(train_ds, kinds)
   out["held_out_elbo"] = held_out_elbo(config, model, params, train_ds, train_table)
-  if all(rec.truth is not None and "latents" in rec.truth for rec in dataset.recordings):
-    out.update(truth_scores(config, enc, dataset, train_names, workdir))
+  out.update(attribution_scores(config, enc, dataset, train_names, workdir))
   return out

@@ -38,6 +38,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import gammaln
 
 from jaxvna.models import towers
@@ -79,6 +80,33 @@ def standardize_responses(responses, subject, table):
   x = (jnp.log1p(jnp.maximum(responses, 0.0)) - table["center"][subject]) / table["scale"][
       subject]
   return jnp.where(table["mask"][subject], x, 0.0)
+
+
+def varimax(loadings: np.ndarray, *, iterations: int = 200, tol: float = 1e-7) -> np.ndarray:
+  """The orthogonal rotation giving loadings the simplest structure (Kaiser 1958).
+
+  Args:
+    loadings: (P, C) loadings of P observed units on C latents.
+
+  Returns:
+    (C, C) orthogonal R maximising the varimax criterion of loadings @ R (the variance of
+    squared loadings per latent); rotated latents are z @ R.
+  """
+  p, c = loadings.shape
+  rotation, total = np.eye(c), 0.0
+  for _ in range(iterations):
+    rotated = loadings @ rotation
+    target = rotated**3 - rotated * (rotated**2).sum(0) / p
+    u, sv, vt = np.linalg.svd(loadings.T @ target)
+    rotation, previous, total = u @ vt, total, sv.sum()
+    if previous and total < previous * (1 + tol):
+      break
+  return rotation
+
+
+def rotate_gaussian(mu, logvar, rotation):
+  """Marginals of z @ R for z ~ N(mu, diag e^logvar): means mu @ R, variances e^logvar @ R^2."""
+  return mu @ rotation, jnp.log(jnp.exp(logvar) @ rotation**2)
 
 
 def _split_gaussian(h, sizes):

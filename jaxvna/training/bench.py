@@ -1,8 +1,11 @@
 """`jaxvna bench`: throughput of the configured training step against the matmul peak.
 
 Prints one JSON line: samples_per_s, gflops (achieved by the step, FLOPs from XLA's cost
-analysis of the compiled step), peak_gflops (an f32 matmul timed in the same process) and
-fraction_of_peak. Inputs are synthetic (config.bench), so only the step is measured.
+analysis of the compiled step), peak_gflops (an f32 2048^2 matmul timed in the same
+process) and fraction_of_peak. Inputs are synthetic (config.bench), so only the step is
+measured. The machine may be shared with other work, so the step and the matmul are timed
+in alternating rounds (config.bench.rounds of config.bench.steps steps, each followed by a
+few matmuls) and their medians compared: both see the same load.
 """
 
 from __future__ import annotations
@@ -16,22 +19,23 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 
-def _time(fn, *args, repeats: int) -> float:
-  """Median seconds per call of fn(*args) after one warm-up call."""
-  jax.block_until_ready(fn(*args))
+def _times(fn, *args, repeats: int) -> list[float]:
+  """Seconds of each of `repeats` calls of fn(*args)."""
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return times
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-  """GFLOP/s of an f32 (size x size) @ (size x size) matmul through XLA on device 0."""
+def matmul_peak(size: int = 2048):
+  """(time_it, flops): time_it(repeats) times an f32 (size x size) @ (size x size) matmul
+  through XLA on device 0 (compiled and warmed up) and returns the seconds of each call."""
   a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-  seconds = _time(jax.jit(lambda x: x @ x), a, repeats=repeats)
-  return 2 * size**3 / seconds / 1e9
+  matmul = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(matmul(a))
+  return (lambda repeats: _times(matmul, a, repeats=repeats)), 2 * size**3
 
 
 def synthetic_batch(config, mesh):
@@ -66,6 +70,7 @@ def run(config) -> dict:
   tx = train.make_optimizer(config)
   state = jax.device_put(train.init_state(config, model, tx, stand_in), NamedSharding(mesh, P()))
   step = train.make_train_step(config, objectives.make_objective(config, model, mesh), tx)
+  time_peak, peak_flops = matmul_peak()
   with jax.set_mesh(mesh):
     compiled = step.lower(state, batch).compile()
     cost = compiled.cost_analysis()
@@ -74,12 +79,16 @@ def run(config) -> dict:
     for _ in range(b.warmup_steps):
       state, metrics = compiled(state, batch)
       jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(b.steps):
-      state, metrics = compiled(state, batch)
-      jax.block_until_ready(metrics)  # bound what is in flight (CPU collectives)
-    seconds = (time.perf_counter() - start) / b.steps
-  peak = matmul_peak_gflops()
+    step_times, peak_times = [], []
+    for _ in range(b.rounds):
+      for _ in range(b.steps):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)  # bound what is in flight (CPU collectives)
+        step_times.append(time.perf_counter() - start)
+      peak_times += time_peak(3)
+  seconds = float(np.median(step_times))
+  peak = peak_flops / float(np.median(peak_times)) / 1e9
   gflops = flops / seconds / 1e9
   out = {"config": b.name, "devices": jax.device_count(), "batch": config.train.batch_size,
          "samples_per_s": config.train.batch_size / seconds, "step_ms": seconds * 1e3,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvna import losses
-from jaxvna.models import mivae, towers
+from jaxvna.models import diffusion, dina, migvis, mivae, towers
 
 Objective = Callable[..., tuple[jax.Array, dict]]
 
@@ -89,6 +89,12 @@ def make_objective(config, model, mesh, *, neuron_table=None) -> Objective:
   method = config.method
   if method == "mivae":
     return _mivae_objective(config, model, mesh, neuron_table)
+  if method == "dina":
+    return _dina_objective(config, model, mesh)
+  if method in migvis.METHODS:
+    return migvis.make_objective(config, model, mesh)
+  if method == "diffusion":
+    return diffusion.make_objective(config, model)
   if method == "vna":
     loss_cfg = config.loss
 
@@ -139,7 +145,27 @@ def make_objective(config, model, mesh, *, neuron_table=None) -> Objective:
     return direct_decoding
 
   raise ValueError(f"config.method: unknown {method!r}; expected "
-                   f"vna|direct_encoding|direct_decoding|mivae")
+                   f"vna|direct_encoding|direct_decoding|mivae|dina|group_vae|critic|diffusion")
+
+
+def _dina_objective(config, model: dina.DINA, mesh) -> Objective:
+  """The DINA loss: sum over levels l of level_weights[l] * clip(img_l, neu_l, temperature_l),
+  every term through `losses.clip_loss` on the same mesh, in one step."""
+  if config.loss.type != "clip":
+    raise ValueError(f"method 'dina' trains with config.loss.type='clip', got {config.loss.type!r}")
+
+  def dina_loss(params, batch, rng, step=None):
+    img, neu, temperatures = model.apply({"params": params}, batch["image"], batch["response"],
+                                         batch["subject"], train=True, rngs={"dropout": rng})
+    metrics, loss = {}, 0.0
+    for i, (level, weight) in enumerate(zip(model.levels, model.level_weights)):
+      term = losses.clip_loss(img[level], neu[level], temperatures[i], mesh=mesh,
+                              impl=config.loss.impl)
+      loss = loss + weight * term
+      metrics[f"loss_{level}"] = term
+      metrics[f"temperature_{level}"] = temperatures[i]
+    return loss, dict(metrics, loss=loss)
+  return dina_loss
 
 
 def _mivae_objective(config, model, mesh, neuron_table) -> Objective:

@@ -23,11 +23,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxvna.data import Dataset, neuron_features, readers
 from jaxvna.data import pipeline
 from jaxvna.evaluation import discriminative
-from jaxvna.models import mivae, towers
+from jaxvna.models import diffusion, dina, migvis, mivae, towers
 from jaxvna.training import checkpoint, objectives
 
 # Fields that may change between a run and its resumption (more steps, other evals).
-RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every", "eval")
+RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every", "eval",
+                  "interpret")
 
 
 # ----------------------------------------------------------------------------
@@ -101,6 +102,12 @@ def make_model(config, dataset: Dataset):
   """The module of `config.method` for the dataset's neuron counts and image shape."""
   if config.method == "mivae":
     return mivae.build_mivae(config, dataset.neuron_counts, dataset.image_shape)
+  if config.method == "dina":
+    return dina.build_dina(config, dataset.neuron_counts, dataset.image_shape)
+  if config.method in migvis.METHODS:
+    return migvis.build_model(config, dataset.neuron_counts)
+  if config.method == "diffusion":
+    return diffusion.build_unet(config)
   return towers.build_model(config.model, method=config.method,
                             num_neurons_per_subject=dataset.neuron_counts,
                             image_shape=dataset.image_shape)
@@ -145,10 +152,14 @@ def init_state(config, model, tx, dataset: Dataset, neuron_table: dict | None = 
   if config.method == "mivae":
     table = neuron_table if neuron_table is not None else make_neuron_table(config, dataset)
     args = (images, responses, subject, jax.tree.map(jnp.asarray, table))
-  elif config.method == "vna":
+  elif config.method in ("vna", "dina"):
     args = (images, responses, subject)
   elif config.method == "direct_encoding":
     args = (images, subject)
+  elif config.method == "critic":
+    args = (images, jnp.zeros((1, sum(config.migvis.groups)), jnp.float32))
+  elif config.method == "diffusion":
+    args = (diffusion.to_model_space(images), jnp.zeros((1,), jnp.int32))
   else:
     args = (responses, subject)
   params = model.init({"params": rng, "dropout": rng, "latent": rng}, *args,

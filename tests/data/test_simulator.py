@@ -207,6 +207,19 @@ def test_higher_cells_are_driven_by_the_latent_factors(small):
   assert np.all(np.linalg.norm(t["rf"][higher].reshape(higher.size, -1), axis=1) > 0.99)
 
 
+def test_latent_receptive_fields_are_the_latent_gradients(small):
+  ds, model = small
+  rf = ds.recordings[0].truth["latent_rf"]
+  size = ds.image_shape[0]
+  assert rf.shape == (model.latent_network.num_latents, size, size)
+  np.testing.assert_allclose(np.linalg.norm(rf.reshape(len(rf), -1), axis=1), 1.0, rtol=1e-5)
+  for rec in ds.recordings[1:]:
+    np.testing.assert_array_equal(rec.truth["latent_rf"], rf)
+  # A latent's gradient at one image lies within its RMS receptive field's support.
+  jac = sim.latent_jacobian(model.latent_network, ds.recordings[0].images[:1])[0]
+  assert np.all((np.abs(jac) > 1e-6) <= (rf > 0))
+
+
 def test_v1_cortical_coordinates_are_retinotopic(small):
   ds, _ = small
   rec = ds.recordings[0]

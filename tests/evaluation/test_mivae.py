@@ -48,9 +48,9 @@ def test_train_reports_mivae_results(tmp_path, dataset):
   # Trained on subjects 0 and 1 only; subject2 is embedded zero-shot.
   assert set(r["per_subject"]) == {"subject0", "subject1", "subject2"}
   assert json.loads((tmp_path / "summary.json").read_text())["steps"] == config.train.steps
-  for task in ("decoding", "encoding"):
-    assert r[task]["10"]["top1"] > 0.2            # chance 0.1
-    assert r["zero_shot"][task]["10"]["top1"] > 0.15
+  for task in ("decoding", "encoding"):            # above chance (0.1), CI included
+    assert r[task]["10"]["top1_ci95"][0] > 0.1
+    assert r["zero_shot"][task]["10"]["top1_ci95"][0] > 0.1
   assert 0 < r["zero_shot_ratio"] < 2
   for key in ("mcc", "mcc_image", "mcc_zero_shot", "rf_corr"):
     assert -1 <= r[key] <= 1
@@ -70,6 +70,7 @@ def test_held_out_elbo_improves_with_four_times_the_data(tmp_path, dataset):
   elbos = {}
   for fraction in (0.25, 1.0):
     config = tiny_config(steps=300)
+    config.mivae.elbo_weight = 1.0   # the generative model's fit is what is measured here
     config.data.train_fraction = fraction
     trained_on = train.training_dataset(config, dataset)
     model, params, _ = train.train(config, tmp_path / str(fraction), dataset=trained_on)

@@ -180,3 +180,27 @@ def test_kl_annealing_schedule():
   assert float(objectives.kl_weight(config, jnp.asarray(500))) == 1.0
   config.mivae.kl_anneal_steps = 0
   assert float(objectives.kl_weight(config, jnp.asarray(0))) == 1.0
+
+
+def test_varimax_recovers_a_rotated_sparse_structure():
+  rng = np.random.default_rng(0)
+  sparse = np.zeros((300, 4))
+  for row in sparse:
+    row[rng.choice(4, rng.integers(1, 3), replace=False)] = rng.uniform(0.5, 2.0) * rng.choice(
+        [-1, 1])
+  q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+  rotation = mivae.varimax(sparse @ q)
+  np.testing.assert_allclose(rotation @ rotation.T, np.eye(4), atol=1e-6)
+  recovered = sparse @ q @ rotation          # equals `sparse` up to column order and sign
+  corr = np.abs(np.corrcoef(recovered.T, sparse.T)[:4, 4:])
+  assert np.all(corr.max(axis=1) > 0.99)
+
+
+def test_rotate_gaussian_moments():
+  rng = np.random.default_rng(1)
+  mu, logvar = rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
+  q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+  m, lv = mivae.rotate_gaussian(jnp.asarray(mu), jnp.asarray(logvar), jnp.asarray(q))
+  np.testing.assert_allclose(m, mu @ q, rtol=1e-5)
+  cov = np.einsum("ji,bj,jk->bik", q, np.exp(logvar), q)   # R^T diag R per example
+  np.testing.assert_allclose(np.exp(lv), np.diagonal(cov, axis1=1, axis2=2), rtol=1e-5)

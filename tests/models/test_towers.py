@@ -6,6 +6,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 import pytest
 from jax import lax
@@ -59,6 +60,42 @@ def test_conv2d_pads_like_torch_not_lax_same():
 def test_conv2d_rejects_channel_mismatch():
   with pytest.raises(ValueError, match="channels"):
     T.conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 3, 1)))
+
+
+@pytest.mark.parametrize("x_shape", [(6, 5), (2, 3, 4, 5)])
+def test_linear_equals_matmul_values_and_grads(x_shape):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(5, 7)), jnp.float32)
+  cot = jnp.asarray(rng.normal(size=x_shape[:-1] + (7,)), jnp.float32)
+  np.testing.assert_allclose(T.linear(x, k), x @ k, rtol=1e-6, atol=1e-6)
+  g_fast = jax.grad(lambda x, k: jnp.sum(T.linear(x, k) * cot), argnums=(0, 1))(x, k)
+  g_ref = jax.grad(lambda x, k: jnp.sum((x @ k) * cot), argnums=(0, 1))(x, k)
+  for a, b in zip(g_fast, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_weight_gradient_is_a_row_major_product():
+  # After XLA's optimisations the weight gradient must still be (K, M) @ (M, N), not a
+  # dot contracting over the rows of x (XLA:CPU's slow path), which plain autodiff gives.
+  x, k = jnp.ones((8, 16)), jnp.ones((16, 4))
+
+  def compiled_dots(loss):
+    hlo = jax.jit(jax.grad(loss)).lower(k).compile().as_text()
+    return [line for line in hlo.splitlines() if "contracting_dims" in line]
+
+  assert any("lhs_contracting_dims={0}" in d for d in compiled_dots(lambda k: jnp.sum(x @ k)))
+  dots = compiled_dots(lambda k: jnp.sum(T.linear(x, k)))
+  assert dots and all("lhs_contracting_dims={1}, rhs_contracting_dims={0}" in d
+                      for d in dots), dots
+
+
+def test_dense_has_nn_dense_parameters_and_values():
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 6)), jnp.float32)
+  params = T.Dense(5).init(KEY, x)
+  jax.tree.map(np.testing.assert_array_equal, params, nn.Dense(5).init(KEY, x))
+  np.testing.assert_allclose(T.Dense(5).apply(params, x), nn.Dense(5).apply(params, x),
+                             rtol=1e-6)
 
 
 def test_gelu_is_exact_erf_gelu_with_its_gradient():

@@ -13,8 +13,10 @@ def test_bench_reports_throughput_and_fraction_of_peak(capsys):
   config.bench.image_shape = (16, 16, 1)
   config.bench.steps = 3
   config.bench.warmup_steps = 1
+  config.bench.rounds = 2
   out = bench.run(config)
   printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert printed == out
   assert out["samples_per_s"] > 0 and out["gflops"] > 0 and out["peak_gflops"] > 0
   assert 0 < out["fraction_of_peak"] < 2
+

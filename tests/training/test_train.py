@@ -162,7 +162,9 @@ def test_resume_on_another_device_count(tmp_path):
   moved, single = (_final_params(tmp_path / d, config) for d in ("moved", "single"))
   for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(single)):
     # Another device count sums gradients in another order: equal up to rounding.
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    # Adam amplifies rounding where its second moment is tiny; a resume bug moves
+    # parameters by about lr * steps = 2e-2, far beyond this tolerance.
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-4)
 
 
 def _final_params(workdir, config):

@@ -1,0 +1,37 @@
+"""MIG-Vis on the macaque V4 recordings of Cowley et al. (2023).
+
+  jaxvna visualize --config=configs/migvis_cowley_v4.py --workdir=W [--config.data.root=...]
+      [--config.data.sessions="('201025','190923')"]
+
+One session by default (201025: 89 neurons, 1200 natural images), images resized to 32x32
+grey. There is no ground truth, so edited images are read out by a direct-encoding model
+trained on the same recordings (W/direct_encoding), then the group VAE's encoder;
+visualize.json holds the shifts and the critic's MI bounds (no MIG). Settings as in
+migvis_sim.py (its docstring lists bigger ones for a GPU; here also
+data.kwargs.image_size=64 with diffusion.channels=(64, 128, 128)).
+"""
+
+from jaxvna.config_files import sibling
+
+migvis_sim = sibling(__file__, "migvis_sim")
+vna_cowley_v4 = sibling(__file__, "vna_cowley_v4")
+
+
+def get_config(arg=None):
+  del arg
+  sim = migvis_sim.get_config()
+  c = vna_cowley_v4.get_config("group_vae")
+  c.data.sessions = ("201025",)
+  c.data.kwargs.image_size = 32
+  c.model.image_tower = sim.model.image_tower
+  for block in ("migvis", "critic", "diffusion", "stages"):
+    c[block] = sim[block]
+  c.stages.diffusion.batch_size = 64
+  c.stages.critic.batch_size = 128
+  c.stages.direct_encoding.steps = 1000
+  c.stages.direct_encoding.batch_size = 128
+  c.train.log_every = sim.train.log_every
+  c.eval.gabor_ridge = False
+  c.eval.migvis = sim.eval.migvis
+  c.eval.migvis.readout = "direct_encoding"
+  return c

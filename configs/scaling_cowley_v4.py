@@ -1,0 +1,23 @@
+"""Scaling with data on the macaque V4 recordings of Cowley et al. (2023).
+
+  jaxvna scaling --config=configs/scaling_cowley_v4.py --workdir=W \
+      [--config.data.root=/path/to/cowley_v4]
+
+VNA as in vna_cowley_v4.py (all ten sessions, 64x64 grey, 600 steps of batch 256 per run)
+on the nested fractions of scaling_sim.py: 1/16 to all of every session's training
+images (43 minutes on 2 CPU cores that other jobs shared). See `jaxvna.training.scaling`
+for the error, the fit and the bootstrap.
+"""
+
+from jaxvna.config_files import sibling
+
+vna_cowley_v4 = sibling(__file__, "vna_cowley_v4")
+scaling_sim = sibling(__file__, "scaling_sim")
+
+
+def get_config(method: str = "vna"):
+  c = vna_cowley_v4.get_config(method)
+  c.train.progress_bar = False
+  c.eval.gabor_ridge = False
+  c.scaling = scaling_sim.scaling_config()
+  return c

@@ -1,0 +1,117 @@
+"""`jaxvna.VNA`: fit on arrays, embeddings, identification score, save/load, clear errors,
+and a light `import jaxvna`."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import jaxvna
+from jaxvna.data import readers
+from jaxvna.estimator import arrays_to_dataset
+
+TINY_DATA = dict(seed=0, num_subjects=2, num_images=600, image_size=32,
+                 neurons_per_subject=(60, 40), spatial_frequency_range=(2.0, 8.0))
+TINY_MODEL = {"model.neural_tower.readin_dim": 32, "model.neural_tower.hidden": (64,),
+              "model.image_tower.hidden": (128,), "optim.lr": 3e-3, "optim.warmup_steps": 5}
+
+
+@pytest.fixture(scope="module")
+def arrays():
+  """{split: (per-subject images, per-subject responses)} of a tiny simulation."""
+  dataset = readers.load("simulator", **TINY_DATA)
+  out = {}
+  for split in ("train", "test"):
+    idx = [r.indices(split) for r in dataset.recordings]
+    out[split] = ([r.images[i] for r, i in zip(dataset.recordings, idx)],
+                  [r.responses[i] for r, i in zip(dataset.recordings, idx)])
+  return out
+
+
+@pytest.fixture(scope="module")
+def fitted(arrays):
+  images, responses = arrays["train"]
+  return jaxvna.VNA(steps=100, batch_size=64, embed_dim=32, image_tower="mlp",
+                    **TINY_MODEL).fit(images, responses, subject_ids=["m1", "m2"])
+
+
+def test_fit_scores_well_above_chance(fitted, arrays):
+  images, responses = arrays["test"]
+  for s in range(2):
+    for task in ("decoding", "encoding"):
+      # Chance: 0.1 (10-way), 0.5 (2-way); 100 steps on 2 x 384 images is a short fit.
+      assert fitted.score(images[s], responses[s], subject=s, task=task) > 0.2
+      assert fitted.score(images[s], responses[s], subject=s, task=task, n_way=2) > 0.65
+  assert fitted.score(images[1], responses[1], subject="m2") == fitted.score(
+      images[1], responses[1], subject=1)
+
+
+def test_transform_shapes_and_unit_norms(fitted, arrays):
+  images, responses = arrays["test"]
+  z_img = fitted.transform_images(images[0])
+  z_neu = fitted.transform_responses(responses[1], subject="m2")
+  assert z_img.shape == (len(images[0]), 32) and z_neu.shape == (len(images[1]), 32)
+  np.testing.assert_allclose(np.linalg.norm(z_img, axis=1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(z_neu, axis=1), 1.0, atol=1e-5)
+  # Float images in [0, 1] and (N, H, W) images are the same images.
+  np.testing.assert_array_equal(fitted.transform_images(images[0][..., 0] / 255.0), z_img)
+  # (N, K) responses are taken as trial averages of (N, R, K) ones.
+  mean = np.nanmean(responses[1], axis=1)
+  np.testing.assert_allclose(fitted.transform_responses(mean, subject=1), z_neu, atol=1e-6)
+
+
+def test_save_load_round_trip_gives_identical_embeddings(fitted, arrays, tmp_path):
+  images, responses = arrays["test"]
+  fitted.save(tmp_path / "model")
+  fitted.save(tmp_path / "model")  # replacing a saved model
+  loaded = jaxvna.VNA.load(tmp_path / "model")
+  assert loaded.neuron_counts_ == (60, 40) and loaded.subject_ids_ == ["m1", "m2"]
+  np.testing.assert_array_equal(loaded.transform_images(images[0]),
+                                fitted.transform_images(images[0]))
+  np.testing.assert_array_equal(loaded.transform_responses(responses[1], subject="m2"),
+                                fitted.transform_responses(responses[1], subject="m2"))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary left
+
+
+def test_bad_shapes_raise_clear_errors(fitted, arrays):
+  images, responses = arrays["train"]
+  with pytest.raises(ValueError, match=r"responses\[1\]: 10 rows for 384 images"):
+    arrays_to_dataset(images, [responses[0], responses[1][:10]])
+  with pytest.raises(ValueError, match=r"responses: expected responses of shape \(N, K\)"):
+    arrays_to_dataset(images[0], responses[0][:, 0, 0])
+  with pytest.raises(ValueError, match="lists of one array per subject"):
+    arrays_to_dataset(images, responses[0])
+  with pytest.raises(ValueError, match=r"images\[1\]: image shape \(16, 32, 1\) differs"):
+    arrays_to_dataset([images[0], images[1][:, :16]], responses)
+  with pytest.raises(ValueError, match=r"float images must be finite and in \[0, 1\]"):
+    arrays_to_dataset(images[0] * 1.0, responses[0])
+  with pytest.raises(ValueError, match="images: expected images of shape"):
+    fitted.transform_images(images[0][0])
+  with pytest.raises(ValueError, match=r"expected images of shape \(32, 32, 1\) \(as in fit\)"):
+    fitted.transform_images(images[0][:, :16])
+  with pytest.raises(ValueError, match="subject 'm1' has 60 neurons"):
+    fitted.transform_responses(responses[1], subject="m1")
+  with pytest.raises(ValueError, match="subject: unknown 'm3'"):
+    fitted.transform_responses(responses[1], subject="m3")
+  with pytest.raises(TypeError, match="unknown config field 'optim.learning_rate'"):
+    jaxvna.VNA(optim__learning_rate=1e-3)
+  with pytest.raises(RuntimeError, match=r"call fit\(\)"):
+    jaxvna.VNA().transform_images(images[0])
+
+
+def test_split_keeps_test_images_out_of_training(arrays):
+  images, responses = arrays["train"]
+  split = [np.where(np.arange(len(x)) < 300, "train", "test") for x in images]
+  dataset = arrays_to_dataset(images, responses, split=split)
+  assert [len(r.indices("train")) for r in dataset.recordings] == [300, 300]
+  assert [r.name for r in dataset.recordings] == ["0", "1"]
+  with pytest.raises(ValueError, match="have no 'train' images"):
+    jaxvna.VNA().fit(images, responses, split=[np.full(len(x), "test") for x in images])
+
+
+def test_import_jaxvna_does_not_import_jax():
+  code = ("import sys, jaxvna; assert 'jax' not in sys.modules, 'jax imported'; "
+          "assert jaxvna.VNA.__name__ == 'VNA'")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
