@@ -3,11 +3,12 @@
   jaxvna visualize --config=configs/migvis_cowley_v4.py --workdir=W [--config.data.root=...]
       [--config.data.sessions="('201025','190923')"]
 
-One session by default (201025: 89 neurons, 1200 natural images), images resized to 32x32
-grey. There is no ground truth, so edited images are read out by a direct-encoding model
-trained on the same recordings (W/direct_encoding), then the group VAE's encoder;
-visualize.json holds the shifts and the critic's MI bounds (no MIG). Settings as in
-migvis_sim.py (its docstring lists bigger ones for a GPU; here also
+One session by default (201025: 89 neurons, 1200 natural images; repeat-averaged
+responses, so the VAE's Poisson likelihood is applied to averaged counts), images resized
+to 32x32 grey. There is no ground truth, so edited images are read out by a
+direct-encoding model trained on the same recordings (W/direct_encoding), then the group
+VAE's encoder; visualize.json holds the shifts and the critic's MI bounds (no MIG).
+Settings as in migvis_sim.py (its docstring lists bigger ones for a GPU; here also
 data.kwargs.image_size=64 with diffusion.channels=(64, 128, 128)).
 """
 
@@ -26,6 +27,9 @@ def get_config(arg=None):
   c.model.image_tower = sim.model.image_tower
   for block in ("migvis", "critic", "diffusion", "stages"):
     c[block] = sim[block]
+  # No scalar ground-truth factors here: groups of two dimensions, as in the paper's IT
+  # analysis, rather than the simulator's one.
+  c.migvis.groups = (2, 2, 2, 2)
   c.stages.diffusion.batch_size = 64
   c.stages.critic.batch_size = 128
   c.stages.direct_encoding.steps = 1000

@@ -29,9 +29,7 @@ at each scale s of eval.migvis.scales; s = 0 is the unguided round trip. eval.mi
 chooses how the image reaches t0: "noise" (the forward process, one noise draw shared by
 all edits of an image; the round trip re-synthesises fine detail) or "inversion"
 (deterministic DDIM encoding; the round trip returns the image up to the inversion error,
-so what an edit changes is what guidance changes). With eval.migvis.preserve_weight = w > 0 the guidance score
-adds w times the pointwise MI of every other group with its value for the source image's
-own responses, so the edit is asked to move group g and to hold the others.
+so what an edit changes is what guidance changes).
 
 visualize.json (shifts at the largest scale; `per_scale` for every scale):
   target_shift     mean over groups g, images and both directions of the signed change of
@@ -200,8 +198,8 @@ def guidance_targets(values: np.ndarray, axes, groups, target_sd: float) -> dict
   return targets
 
 
-def edit_all(editor: Editor, sources: np.ndarray, source_values: np.ndarray, targets: dict,
-             reference: np.ndarray, config) -> tuple[np.ndarray, dict]:
+def edit_all(editor: Editor, sources: np.ndarray, targets: dict, reference: np.ndarray,
+             config) -> tuple[np.ndarray, dict]:
   """Every edit of the (N, H, W, C) uint8 sources, all from one start point per source.
 
   Returns:
@@ -214,15 +212,12 @@ def edit_all(editor: Editor, sources: np.ndarray, source_values: np.ndarray, tar
   x_t = jnp.concatenate([x_t, x_t])  # low-target copies, then high-target copies
   n = len(sources)
   edited = {}
-  for g, group_slice in enumerate(migvis.group_slices(groups)):
-    weights = np.full(len(groups), ev.preserve_weight, np.float32)
-    weights[g] = 1.0
-    tgt = np.concatenate([source_values, source_values]).astype(np.float32)
-    tgt[:n, group_slice] = targets["low"][group_slice]
-    tgt[n:, group_slice] = targets["high"][group_slice]
+  tgt = jnp.asarray(np.stack([targets["low"]] * n + [targets["high"]] * n), jnp.float32)
+  for g in range(len(groups)):
+    weights = jnp.asarray(np.eye(len(groups), dtype=np.float32)[g])  # guide group g only
     for scale in ev.scales:
-      out = _quantize(editor.guided(x_t, jnp.asarray(tgt), jnp.asarray(reference),
-                                    jnp.asarray(weights), jnp.float32(scale)))
+      out = _quantize(editor.guided(x_t, tgt, jnp.asarray(reference), weights,
+                                    jnp.float32(scale)))
       edited[(g, "low", scale)], edited[(g, "high", scale)] = out[:n], out[n:]
   return unguided, edited
 
@@ -368,15 +363,12 @@ def visualize(config, workdir, *, force: bool = False) -> dict:
             for name, read in readings.items()}
   targets = guidance_targets(train_targets, axes, groups, ev.target_sd)
 
-  # Held-out sources; the other groups' guidance targets are their values for the
-  # source's own responses.
   rec = dataset.recordings[ev.recording]
   held_out = rec.indices(ev.split)
-  chosen = np.sort(rng.choice(held_out, min(ev.num_images, held_out.size), replace=False))
-  sources = rec.images[chosen]
-  source_values = encoder(rec.subset(chosen).mean_responses, ev.recording)
+  sources = rec.images[np.sort(rng.choice(held_out, min(ev.num_images, held_out.size),
+                                          replace=False))]
   editor = Editor(unet, unet_params, critic, critic_params, config)
-  unguided, edited = edit_all(editor, sources, source_values, targets, reference, config)
+  unguided, edited = edit_all(editor, sources, targets, reference, config)
   n = len(sources)
 
   results = {"dataset": dataset.name, "readout": ev.readout, "groups": list(groups),

@@ -27,10 +27,11 @@ factors (`supervision_features`) for the VAE, and the VAE's group means of each 
 trial-averaged responses (`group_target_features`) for the critic.
 
 MI critic (method "critic"): for every group g, an image embedding h_g(x) (a shared small
-`towers.ConvTower`, one head per group; its receptive field should cover the image) and a value embedding k_g(z_g) (an MLP), both
-L2-normalised, scored by f_g(x, z_g) = h_g(x) . k_g(z_g) / tau_g and trained with the
-symmetric InfoNCE loss (`losses.clip_loss`, gathered across devices). log B - loss is
-the InfoNCE lower bound of I(x; z_g). For guidance, the critic's pointwise estimate of
+`towers.ConvTower`, one head per group; its receptive field should cover the image) and
+a value embedding k_g(z_g) (an MLP), both L2-normalised, scored by
+f_g(x, z_g) = h_g(x) . k_g(z_g) / tau_g and trained with the symmetric InfoNCE loss
+(`losses.clip_loss`, gathered across devices). log B - loss is the InfoNCE lower bound
+of I(x; z_g). For guidance, the critic's pointwise estimate of
 log p(z* | x) / p(z*) at a target value z* is f_g(x, z*) - log mean_j exp f_g(x, z_j) over a
 reference bank of observed group values z_j (`MICritic.pointwise_mi`).
 """
@@ -105,12 +106,12 @@ def group_total_correlation(z: jax.Array, mu: jax.Array, logvar: jax.Array,
 
 def _known_factors(config, recording) -> np.ndarray:
   sup = config.migvis.supervision
-  if recording.truth is None or sup.source not in recording.truth:
-    raise ValueError(f"migvis.supervision: recording {recording.name} has no truth "
-                     f"{sup.source!r} to supervise with")
   if sup.source not in FACTOR_SOURCES:
     raise ValueError(f"migvis.supervision.source: unknown {sup.source!r}; expected one of "
                      f"{FACTOR_SOURCES}")
+  if recording.truth is None or sup.source not in recording.truth:
+    raise ValueError(f"migvis.supervision: recording {recording.name} has no truth "
+                     f"{sup.source!r} to supervise with")
   return np.asarray(recording.truth[sup.source], np.float32)[:, list(sup.columns)]
 
 

@@ -82,7 +82,8 @@ def test_ddim_inversion_then_sampling_returns_the_image():
 
 
 def gaussian_eps_fn(alpha_bar, sd=0.5):
-  """The optimal denoiser of data ~ N(0, sd^2 I): E[eps | x_t] = sqrt(1-a) x_t / (a sd^2 + 1 - a)."""
+  """The optimal denoiser of data ~ N(0, sd^2 I):
+  E[eps | x_t] = sqrt(1 - a) x_t / (a sd^2 + 1 - a)."""
   def eps(x, t):
     a = alpha_bar[t].reshape(-1, 1, 1, 1)
     return jnp.sqrt(1 - a) * x / (a * sd**2 + 1 - a)

@@ -160,8 +160,11 @@ def test_supervision_features_standardise_and_mask():
   np.testing.assert_allclose(out[:, 0].mean(), 0.0, atol=1e-5)
   np.testing.assert_allclose(out[:, 0].std(), 1.0, atol=1e-4)
   assert out[0, 3] == 0.0 and out[0, 1] == 0.0 and np.all(out[1:, 3] == 1.0)
+  config.migvis.supervision.source = "image_factors"
+  with pytest.raises(ValueError, match="no truth 'image_factors'"):
+    migvis.supervision_features(config, Dataset("d", (rec,)))
   config.migvis.supervision.source = "rates"
-  with pytest.raises(ValueError, match="no truth 'rates'"):
+  with pytest.raises(ValueError, match="unknown 'rates'"):
     migvis.supervision_features(config, Dataset("d", (rec,)))
 
 
