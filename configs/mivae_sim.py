@@ -35,7 +35,7 @@ def get_config(arg=None):
       image_decoder_hidden=(256,),
       # Loss weights (objectives._mivae_objective). A small image_weight keeps pixel
       # reconstruction from taking over z_y^c, which must carry what neurons respond to.
-      contrastive_weight=1.0, elbo_weight=0.1, image_weight=0.01, l1_weight=0.1,
+      contrastive_weight=1.0, elbo_weight=0.1, image_weight=0.003, l1_weight=0.1,
       kl_anneal_steps=300,
       # Fix the shared axes by the varimax rotation of the sparse decoder loadings (None:
       # axes as trained). Rotations leave every cosine similarity unchanged.
