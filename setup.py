@@ -34,7 +34,8 @@ setuptools.setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6"],
+        "test": ["pytest>=8", "hypothesis>=6", "nbclient>=0.10", "nbformat>=5.10",
+                 "ipykernel>=6"],
     },
     entry_points={"console_scripts": ["jaxvna = jaxvna.cli:run"]},
 )
