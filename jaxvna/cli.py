@@ -13,6 +13,8 @@ Commands:
   scaling  train on nested fractions of the training images, fit error(n) = a * n^b + c
            with bootstrap CIs (workdir/scaling.json, scaling.csv, scaling.png).
   bench  time the configured training step against the CPU's matmul peak.
+  dryrun  compile the training step for --devices fake CPU devices without running it;
+          print per-device memory and FLOPs per step (default config vna_pod.py).
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from __future__ import annotations
 import sys
 
 COMMANDS = ("demo", "data", "train", "eval", "bench", "interpret", "visualize",
-            "scaling")
+            "scaling", "dryrun")
 _DEFAULT_CONFIG = {"demo": "vna_sim.py", "data": "vna_sim.py", "bench": "bench_dina_mlp.py",
                    "interpret": "dina_sim.py", "visualize": "migvis_sim.py",
-                   "scaling": "scaling_sim.py"}
+                   "scaling": "scaling_sim.py", "dryrun": "vna_pod.py"}
 
 
 def _packaged_config(name: str) -> str:
@@ -47,6 +49,16 @@ def _define_flags(command: str):
                       "Folder for checkpoints, logs and results.")
   flags.DEFINE_bool("force", False, "Reuse a workdir that holds a run of another config.")
   flags.DEFINE_string("prepare_dir", None, "data: build the TFDS (ArrayRecord) copy here.")
+  flags.DEFINE_integer("devices", 8, "dryrun: the number of (fake CPU) devices of the mesh.")
+  # Multi-process runs (jaxvna.training.distributed); unset flags fall back to JAXVNA_* env.
+  flags.DEFINE_string("coordinator_address", None,
+                      "Multi-process: host:port of process 0, the same for every process.")
+  flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes run.")
+  flags.DEFINE_integer("process_id", None, "Multi-process: this process's index, 0..N-1.")
+  flags.DEFINE_bool("distributed", False,
+                    "Multi-process on a cluster JAX detects (Cloud TPU, SLURM, Open MPI).")
+  flags.DEFINE_integer("local_device_count", None,
+                       "CPU devices per process (to try sharded runs on one machine).")
   return flags.FLAGS
 
 
@@ -54,6 +66,15 @@ def _main(command: str, flags_values) -> int:
   from absl import logging
   if not flags_values["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every step at INFO
+  from jaxvna.training import distributed
+  # Before any JAX computation: processes must join before the backends start.
+  try:
+    settings = distributed.resolve(
+        flags_values.coordinator_address, flags_values.num_processes, flags_values.process_id,
+        auto=flags_values.distributed, local_device_count=flags_values.local_device_count)
+  except ValueError as error:
+    raise SystemExit(f"jaxvna {command}: {error}") from None
+  distributed.initialize(settings)
   config = flags_values.config
   if config is None:
     raise SystemExit(f"jaxvna {command}: --config is required")
@@ -72,6 +93,11 @@ def _main(command: str, flags_values) -> int:
   if command == "scaling":
     from jaxvna.training import scaling
     scaling.run(config, flags_values.workdir, force=flags_values.force)
+    return 0
+  if command == "dryrun":
+    from jaxvna.training import dryrun
+    dryrun.use_fake_devices(flags_values.devices)  # before JAX starts its backends
+    dryrun.run(config, flags_values.devices)
     return 0
   if command == "bench":
     from jaxvna.training import bench

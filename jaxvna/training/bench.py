@@ -38,6 +38,15 @@ def matmul_peak(size: int = 2048):
   return (lambda repeats: _times(matmul, a, repeats=repeats)), 2 * size**3
 
 
+def step_flops(compiled) -> float:
+  """FLOPs of one call of a compiled program by XLA's cost analysis: per device for a
+  program compiled for a mesh (SPMD compiles one program for every device). XLA counts
+  the body of a loop once, whatever its trip count."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"])
+
+
 def synthetic_batch(config, mesh):
   """A global batch of random inputs shaped like the pipeline's, sharded over "data"."""
   b = config.bench
@@ -73,9 +82,7 @@ def run(config) -> dict:
   time_peak, peak_flops = matmul_peak()
   with jax.set_mesh(mesh):
     compiled = step.lower(state, batch).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost["flops"])
+    flops = step_flops(compiled)
     for _ in range(b.warmup_steps):
       state, metrics = compiled(state, batch)
       jax.block_until_ready(metrics)

@@ -3,10 +3,15 @@
 Sections: workdir and logging; mesh; input; model and optimiser; the step (one jitted
 pure function with donated state); checkpoints; evaluation; the loop. `demo` runs the
 VNA-vs-baselines comparison on top of `train_and_evaluate`.
+
+Multi-process runs (`distributed`): every process runs this same code on one mesh over
+all devices, reads only its rows of each batch, and saves and restores checkpoints
+together with the others; process 0 alone writes the workdir's logs and results.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -24,7 +29,7 @@ from jaxvna.data import Dataset, neuron_features, readers
 from jaxvna.data import pipeline
 from jaxvna.evaluation import discriminative
 from jaxvna.models import diffusion, dina, migvis, mivae, towers
-from jaxvna.training import checkpoint, objectives
+from jaxvna.training import checkpoint, distributed, objectives
 
 # Fields that may change between a run and its resumption (more steps, other evals).
 RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every", "eval",
@@ -43,6 +48,52 @@ def _write_json(path: pathlib.Path, obj: Any) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def check_workdir(config, workdir: pathlib.Path, *, force: bool = False) -> None:
+  """`checkpoint.check_workdir` for a run of one or several processes.
+
+  Process 0 alone checks and writes workdir/config.json (no two processes race on it);
+  the others learn its verdict, so they all raise together rather than wait for a
+  process that has stopped. Every process must be given the same config and workdir.
+
+  Raises:
+    checkpoint.WorkdirConfigError: the workdir holds a run of another config.
+    AssertionError: the processes were given different configs or workdirs.
+  """
+  config_dict = config.to_dict()
+  if jax.process_count() == 1:
+    checkpoint.check_workdir(workdir, config_dict, force=force, resumable_keys=RESUMABLE_KEYS)
+    return
+  from jax.experimental import multihost_utils
+  run = json.dumps([str(workdir), config_dict], sort_keys=True, default=str).encode()
+  multihost_utils.assert_equal(np.frombuffer(hashlib.sha256(run).digest(), np.uint8),
+                               "the processes of this run were given different configs or "
+                               "workdirs")
+  error = None
+  if distributed.is_primary():
+    try:
+      checkpoint.check_workdir(workdir, config_dict, force=force, resumable_keys=RESUMABLE_KEYS)
+    except checkpoint.WorkdirConfigError as e:
+      error = e
+  refused = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+  if error is not None:
+    raise error
+  if refused:
+    raise checkpoint.WorkdirConfigError(f"workdir {workdir}: refused by process 0 (see its error)")
+
+
+def local_copy(tree):
+  """`tree` with every array spread over several processes gathered onto this process's
+  first device, for computations that each process runs alone (evaluation); arrays this
+  process holds entirely are returned as they are."""
+  def local(leaf):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      from jax.experimental import multihost_utils
+      return jax.device_put(multihost_utils.process_allgather(leaf, tiled=True),
+                            jax.local_devices()[0])
+    return leaf
+  return jax.tree.map(local, tree)
 
 
 class MetricsLog:
@@ -201,7 +252,8 @@ def train(config, workdir: str | os.PathLike, *, dataset: Dataset | None = None,
   from tqdm import auto as tqdm
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  checkpoint.check_workdir(workdir, config.to_dict(), force=force, resumable_keys=RESUMABLE_KEYS)
+  check_workdir(config, workdir, force=force)
+  primary = distributed.is_primary()
   dataset = dataset if dataset is not None else load_dataset(config)
   mesh = make_mesh()
   if config.train.batch_size % mesh.size:
@@ -212,32 +264,38 @@ def train(config, workdir: str | os.PathLike, *, dataset: Dataset | None = None,
   tx = make_optimizer(config)
   table = make_neuron_table(config, dataset)
   replicated = NamedSharding(mesh, P())
-  state = jax.device_put(init_state(config, model, tx, dataset, table), replicated)
+  # One compiled program (not one per operation) that every process runs, each building
+  # its devices' copies of the replicated state; the values equal the eager init's.
+  initial_state = jax.jit(lambda: init_state(config, model, tx, dataset, table),
+                          out_shardings=replicated)
   step_fn = make_train_step(
       config, objectives.make_objective(config, model, mesh, neuron_table=table), tx)
   batches = make_input(config, dataset, mesh)
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          state)
+                          jax.eval_shape(initial_state))
   restored = ckpt.restore(abstract)
   if restored is not None:
     step, state, meta = restored
     batches.set_state(meta["input_state"])
     logging.info("resumed from step %d", step)
+  else:
+    state = initial_state()
   start = int(state.step)
-  log = MetricsLog(workdir / "metrics.jsonl")
+  log = MetricsLog(workdir / "metrics.jsonl") if primary else None
   total = config.train.steps
   with jax.set_mesh(mesh), tqdm.tqdm(total=total, initial=start, desc=config.method,
-                                     disable=not config.train.progress_bar) as bar:
+                                     disable=not (config.train.progress_bar and primary)) as bar:
     for step in range(start + 1, total + 1):
       state, metrics = step_fn(state, next(batches))
       # Bound what is in flight: back-to-back sharded steps can stall on CPU collectives.
       jax.block_until_ready(metrics)
       bar.update(1)
       if step % config.train.log_every == 0 or step == total:
-        host = jax.device_get(metrics)
-        log.write(step, host)
+        host = jax.device_get(metrics)  # replicated scalars: every process holds them
+        if log is not None:
+          log.write(step, host)
         bar.set_postfix(loss=f"{float(host['loss']):.3f}")
         if not np.isfinite(float(host["loss"])):
           logging.warning("step %d: non-finite loss; the update was skipped", step)
@@ -245,12 +303,15 @@ def train(config, workdir: str | os.PathLike, *, dataset: Dataset | None = None,
         ckpt.save(step, state, {"input_state": batches.get_state(), "step": step})
   ckpt.wait()
   ckpt.close()
-  log.close()
+  if log is not None:
+    log.close()
   params = state.params
-  _write_json(workdir / "summary.json", {
-      "method": config.method, "steps": int(state.step),
-      "params_digest": checkpoint.params_digest(params),
-      "skipped_steps": int(jax.device_get(state.opt_state.total_notfinite))})
+  summary = {"method": config.method, "steps": int(state.step),
+             # Every process takes part: the digest gathers arrays across processes.
+             "params_digest": checkpoint.params_digest(params),
+             "skipped_steps": int(jax.device_get(state.opt_state.total_notfinite))}
+  if primary:
+    _write_json(workdir / "summary.json", summary)
   return model, params, dataset
 
 
@@ -271,13 +332,19 @@ def evaluate(config, model, params, dataset: Dataset, workdir) -> dict:
 
 
 def train_and_evaluate(config, workdir, *, force: bool = False, dataset: Dataset | None = None):
-  """`jaxvna train`: trains, evaluates on held-out images, writes workdir/results.json."""
+  """`jaxvna train`: trains, evaluates on held-out images, writes workdir/results.json.
+
+  In a multi-process run every process evaluates the whole held-out set on its own copy
+  of the parameters (the same numbers everywhere); process 0 writes the results.
+  """
   dataset = dataset if dataset is not None else load_dataset(config)
   model, params, _ = train(config, workdir, dataset=training_dataset(config, dataset),
                            force=force)
-  results = evaluate(config, model, params, dataset, workdir)
+  primary = distributed.is_primary()
+  results = evaluate(config, model, local_copy(params), dataset, workdir if primary else None)
   out = {"dataset": dataset.name, "results": results}
-  _write_json(pathlib.Path(workdir) / "results.json", out)
+  if primary:
+    _write_json(pathlib.Path(workdir) / "results.json", out)
   return out
 
 
@@ -288,19 +355,21 @@ def evaluate_workdir(config, workdir):
   trained_on = training_dataset(config, dataset)
   model = make_model(config, trained_on)
   tx = make_optimizer(config)
-  state = init_state(config, model, tx, trained_on)
+  # Each process restores a whole copy onto its own first device (see train_and_evaluate).
   abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                     sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
-      state)
+      lambda x: jax.ShapeDtypeStruct(
+          x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0])),
+      jax.eval_shape(lambda: init_state(config, model, tx, trained_on)))
   with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
     restored = ckpt.restore(abstract)
   if restored is None:
     raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to evaluate")
   _, state, _ = restored
-  results = evaluate(config, model, state.params, dataset, workdir)
+  primary = distributed.is_primary()
+  results = evaluate(config, model, state.params, dataset, workdir if primary else None)
   out = {"dataset": dataset.name, "results": results}
-  _write_json(workdir / "results.json", out)
+  if primary:
+    _write_json(workdir / "results.json", out)
   return out
 
 
@@ -325,10 +394,11 @@ def demo(config, workdir, *, force: bool = False) -> dict:
   if config.eval.gabor_ridge:
     results["gabor_ridge"] = discriminative.evaluate_gabor_ridge(config, dataset)
   out = {"dataset": dataset.name, "results": results}
-  _write_json(workdir / "results.json", out)
-  print(results_table(results))
-  plot_results(results, workdir / "demo.png", title=f"{dataset.name}: held-out images")
-  print(f"\nresults: {workdir / 'results.json'}   plot: {workdir / 'demo.png'}")
+  if distributed.is_primary():
+    _write_json(workdir / "results.json", out)
+    print(results_table(results))
+    plot_results(results, workdir / "demo.png", title=f"{dataset.name}: held-out images")
+    print(f"\nresults: {workdir / 'results.json'}   plot: {workdir / 'demo.png'}")
   return out
 
 
