@@ -1,8 +1,8 @@
 """`jaxvna bench`: throughput of the configured training step against the matmul peak.
 
-Prints one JSON line: samples_per_s, gflops (achieved by the step, FLOPs from XLA's cost
-analysis of the compiled step), peak_gflops (an f32 2048^2 matmul timed in the same
-process) and fraction_of_peak. Inputs are synthetic (config.bench), so only the step is
+Prints one JSON line: samples_per_s, step_gflop (XLA's cost analysis of the compiled
+step, summed over devices), gflops (achieved by the step), peak_gflops (an f32 2048^2
+matmul timed in the same process) and fraction_of_peak. Inputs are synthetic (config.bench), so only the step is
 measured. The machine may be shared with other work, so the step and the matmul are timed
 in alternating rounds (config.bench.rounds of config.bench.steps steps, each followed by a
 few matmuls) and their medians compared: both see the same load.
@@ -82,7 +82,8 @@ def run(config) -> dict:
   time_peak, peak_flops = matmul_peak()
   with jax.set_mesh(mesh):
     compiled = step.lower(state, batch).compile()
-    flops = step_flops(compiled)
+    # XLA counts one device's share; the step runs on all of them.
+    flops = step_flops(compiled) * mesh.size
     for _ in range(b.warmup_steps):
       state, metrics = compiled(state, batch)
       jax.block_until_ready(metrics)
@@ -99,6 +100,7 @@ def run(config) -> dict:
   gflops = flops / seconds / 1e9
   out = {"config": b.name, "devices": jax.device_count(), "batch": config.train.batch_size,
          "samples_per_s": config.train.batch_size / seconds, "step_ms": seconds * 1e3,
-         "gflops": gflops, "peak_gflops": peak, "fraction_of_peak": gflops / peak}
+         "step_gflop": flops / 1e9, "gflops": gflops, "peak_gflops": peak,
+         "fraction_of_peak": gflops / peak}
   print(json.dumps(out))
   return out
