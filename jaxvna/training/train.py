@@ -421,6 +421,7 @@ def plot_results(results: dict, path, *, title: str = "") -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
   for ax, task in zip(axes, ("decoding", "encoding")):
     for method, res in results.items():
@@ -435,6 +436,8 @@ def plot_results(results: dict, path, *, title: str = "") -> None:
     xs = [first[k]["num_candidates"] if k == "all" else int(k) for k in first]
     ax.plot(xs, [1 / x for x in xs], "k--", label="chance")
     ax.set_xscale("log")
+    ax.set_xticks(xs, [str(x) for x in xs])  # the N evaluated, not log-scale minor labels
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("N (candidates)")
     ax.set_title(f"discriminative {task}")
   axes[0].set_ylabel("top-1 accuracy")
