@@ -29,3 +29,31 @@ def real_data_dir():
       pytest.fail(msg + "; JAXVNA_REQUIRE_REAL_DATA=1 requires it")
     pytest.skip(msg)
   return path
+
+
+@pytest.fixture
+def objective_single_and_sharded():
+  """f(config, model, params, batch, *, step=None, **objective_kwargs) ->
+  ((loss, metrics, grads) of the objective on one device, (loss, grads) of the same
+  objective with the batch split over the 8-device "data" mesh), at rng key 7; `step` is
+  passed to the objective when given."""
+  import jax
+
+  from jaxvna.training import objectives, train
+
+  def run(config, model, params, batch, *, step=None, **objective_kwargs):
+    extra = () if step is None else (step,)
+    value = lambda f, p, bt: jax.value_and_grad(f, has_aux=True)(p, bt, jax.random.key(7),
+                                                                 *extra)
+    single = objectives.make_objective(config, model, None, **objective_kwargs)
+    (loss1, metrics1), grads1 = jax.jit(lambda p, bt: value(single, p, bt))(params, batch)
+    mesh = train.make_mesh()
+    assert mesh.size == 8
+    sharded = objectives.make_objective(config, model, mesh, **objective_kwargs)
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    with jax.set_mesh(mesh):
+      (loss8, _), grads8 = jax.jit(lambda p, bt: value(sharded, p, bt))(
+          params, jax.device_put(batch, sharding))
+    return (loss1, metrics1, grads1), (loss8, grads8)
+
+  return run

@@ -7,7 +7,7 @@ import pytest
 
 from jaxvna.configs import dina_sim
 from jaxvna.models import dina
-from jaxvna.training import objectives, train
+from jaxvna.training import objectives
 
 COUNTS = (7, 5)
 IMAGE_SHAPE = (16, 16, 1)
@@ -88,20 +88,12 @@ def test_objective_is_the_weighted_sum_of_per_level_clip_losses():
   assert float(loss) == pytest.approx(terms[0] + 0.5 * terms[1], rel=1e-5)
 
 
-def test_sharded_objective_and_gradients_equal_single_device():
+def test_sharded_objective_and_gradients_equal_single_device(objective_single_and_sharded):
   config = tiny_config()
   model, params = init(config)
   batch = random_batch(b=32)
-  value = lambda f, p, bt: jax.value_and_grad(f, has_aux=True)(p, bt, jax.random.key(7))
-  single = objectives.make_objective(config, model, None)
-  (loss1, _), grads1 = jax.jit(lambda p, bt: value(single, p, bt))(params, batch)
-  mesh = train.make_mesh()
-  assert mesh.size == 8
-  sharded = objectives.make_objective(config, model, mesh)
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  with jax.set_mesh(mesh):
-    (loss8, _), grads8 = jax.jit(lambda p, bt: value(sharded, p, bt))(
-        params, jax.device_put(batch, sharding))
+  (loss1, _, grads1), (loss8, grads8) = objective_single_and_sharded(config, model, params,
+                                                                     batch)
   assert float(loss8) == pytest.approx(float(loss1), rel=1e-5)
   for g1, g8 in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads8)):
     np.testing.assert_allclose(g8, g1, rtol=1e-4, atol=1e-6)

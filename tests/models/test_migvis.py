@@ -11,7 +11,7 @@ import pytest
 from jaxvna.configs import migvis_sim
 from jaxvna.data import Dataset, Recording
 from jaxvna.models import migvis
-from jaxvna.training import objectives, train
+from jaxvna.training import objectives
 
 COUNTS = (12, 7)
 
@@ -109,23 +109,14 @@ def test_group_vae_shapes_and_padding():
   np.testing.assert_array_equal(eval_out["z"], eval_out["mu"])
 
 
-def test_group_vae_objective_sharded_equals_single_device():
+def test_group_vae_objective_sharded_equals_single_device(objective_single_and_sharded):
   config = tiny_config()
   model = migvis.build_group_vae(config, COUNTS)
   batch = batch_of(np.random.default_rng(3))
   params = init_params(config, model, batch)
-  step = jnp.asarray(10, jnp.int32)
-  value = lambda f, p, bt: jax.value_and_grad(f, has_aux=True)(p, bt, jax.random.key(7), step)
-  single = objectives.make_objective(config, model, None)
-  (loss1, metrics1), grads1 = jax.jit(lambda p, bt: value(single, p, bt))(params, batch)
+  (loss1, metrics1, grads1), (loss8, grads8) = objective_single_and_sharded(
+      config, model, params, batch, step=jnp.asarray(10, jnp.int32))
   assert {"neural_nll", "kl", "partial_correlation", "supervision"} <= set(metrics1)
-  mesh = train.make_mesh()
-  assert mesh.size == 8
-  sharded = objectives.make_objective(config, model, mesh)
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  with jax.set_mesh(mesh):
-    (loss8, _), grads8 = jax.jit(lambda p, bt: value(sharded, p, bt))(
-        params, jax.device_put(batch, sharding))
   assert float(loss8) == pytest.approx(float(loss1), rel=1e-5)
   for g1, g8 in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads8)):
     np.testing.assert_allclose(g8, g1, rtol=1e-4, atol=1e-5)

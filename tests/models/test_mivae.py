@@ -10,7 +10,7 @@ from scipy import stats
 
 from jaxvna.configs import mivae_sim
 from jaxvna.models import mivae
-from jaxvna.training import objectives, train
+from jaxvna.training import objectives
 
 K_MAX, F, C, M, P = 12, 5, 3, 2, 4
 
@@ -147,7 +147,7 @@ def test_zero_neuron_subject_is_refused():
     mivae.build_mivae(tiny_config(), (5, 0), (8, 8, 1))
 
 
-def test_sharded_objective_equals_single_device():
+def test_sharded_objective_equals_single_device(objective_single_and_sharded):
   config = tiny_config()
   model, params, table, _, _, _ = init(config)
   rng = np.random.default_rng(1)
@@ -156,17 +156,8 @@ def test_sharded_objective_equals_single_device():
   batch = {"image": rng.integers(0, 256, (b, 8, 8, 1)).astype(np.uint8),
            "response": rng.poisson(2.0, (b, K_MAX)).astype(np.float32) * table["mask"][subject],
            "neuron_mask": table["mask"][subject], "subject": subject}
-  step = jnp.asarray(100, jnp.int32)
-  single = objectives.make_objective(config, model, None, neuron_table=table)
-  value = lambda f, p, bt: jax.value_and_grad(f, has_aux=True)(p, bt, jax.random.key(7), step)
-  (loss1, _), grads1 = jax.jit(lambda p, bt: value(single, p, bt))(params, batch)
-  mesh = train.make_mesh()
-  assert mesh.size == 8
-  sharded = objectives.make_objective(config, model, mesh, neuron_table=table)
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  with jax.set_mesh(mesh):
-    (loss8, _), grads8 = jax.jit(lambda p, bt: value(sharded, p, bt))(
-        params, jax.device_put(batch, sharding))
+  (loss1, _, grads1), (loss8, grads8) = objective_single_and_sharded(
+      config, model, params, batch, step=jnp.asarray(100, jnp.int32), neuron_table=table)
   assert float(loss8) == pytest.approx(float(loss1), rel=1e-5)
   for g1, g8 in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads8)):
     np.testing.assert_allclose(g8, g1, rtol=1e-4, atol=1e-6)
