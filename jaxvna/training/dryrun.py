@@ -77,8 +77,7 @@ def make_mesh(num_devices: int) -> jax.sharding.Mesh:
     raise ValueError(f"JAX has {len(cpus)} CPU devices, not the {num_devices} asked for: "
                      "call dryrun.use_fake_devices before JAX starts (the jaxvna dryrun "
                      "command does)")
-  return jax.make_mesh((num_devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=cpus[:num_devices])
+  return train.make_mesh(cpus[:num_devices])
 
 
 def batch_spec(config, dataset: Dataset, mesh) -> dict[str, jax.ShapeDtypeStruct]:
@@ -119,10 +118,8 @@ def compile_step(config, dataset: Dataset, mesh):
   model = train.make_model(config, dataset)
   tx = train.make_optimizer(config)
   table = train.make_neuron_table(config, dataset)
-  replicated = NamedSharding(mesh, P())
-  state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      jax.eval_shape(lambda: train.init_state(config, model, tx, dataset, table)))
+  state = train.abstract_state(lambda: train.init_state(config, model, tx, dataset, table),
+                               NamedSharding(mesh, P()))
   step = train.make_train_step(
       config, objectives.make_objective(config, model, mesh, neuron_table=table), tx)
   with jax.set_mesh(mesh):

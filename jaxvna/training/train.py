@@ -115,10 +115,12 @@ class MetricsLog:
 # Mesh
 # ----------------------------------------------------------------------------
 
-def make_mesh() -> jax.sharding.Mesh:
-  """All devices on one "data" axis; parameters are replicated, batches split."""
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """`devices` (default: all) on one "data" axis; parameters are replicated, batches
+  split."""
+  count = jax.device_count() if devices is None else len(devices)
+  return jax.make_mesh((count,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 # ----------------------------------------------------------------------------
@@ -218,6 +220,13 @@ def init_state(config, model, tx, dataset: Dataset, neuron_table: dict | None = 
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+def abstract_state(init_fn, sharding) -> TrainState:
+  """The TrainState that `init_fn()` would build, as ShapeDtypeStruct leaves placed with
+  `sharding` (for checkpoint restores and compiling without data); nothing is computed."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      jax.eval_shape(init_fn))
+
+
 # ----------------------------------------------------------------------------
 # Step
 # ----------------------------------------------------------------------------
@@ -273,9 +282,7 @@ def train(config, workdir: str | os.PathLike, *, dataset: Dataset | None = None,
   batches = make_input(config, dataset, mesh)
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          jax.eval_shape(initial_state))
-  restored = ckpt.restore(abstract)
+  restored = ckpt.restore(abstract_state(initial_state, replicated))
   if restored is not None:
     step, state, meta = restored
     batches.set_state(meta["input_state"])
@@ -356,10 +363,8 @@ def evaluate_workdir(config, workdir):
   model = make_model(config, trained_on)
   tx = make_optimizer(config)
   # Each process restores a whole copy onto its own first device (see train_and_evaluate).
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(
-          x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0])),
-      jax.eval_shape(lambda: init_state(config, model, tx, trained_on)))
+  abstract = abstract_state(lambda: init_state(config, model, tx, trained_on),
+                            jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
     restored = ckpt.restore(abstract)
   if restored is None:
