@@ -66,13 +66,16 @@ def get_config(arg=None):
       split="test", recording=0,  # held-out images to edit
       num_images=64, grid_images=6,
       start="inversion",          # reach t0 by: inversion (DDIM) | noise (SDEdit)
-      # Early steps and near targets keep the edits specific: target/off-target 2.0 here,
-      # 1.4-1.5 from t0=0.3-0.5 or toward targets at 2 sd (the guided group moves
-      # further, but every other group moves along).
+      # "projected": the target group's gradient minus its projection on the gradients of
+      # the critic's readings of the other groups, so a step leaves those readings alone
+      # (target/off-target 2.4 here, 2.0 with "target": the plain gradient, README).
+      guidance="projected",
+      # Early steps and near targets keep the edits specific: t0=0.2 or targets at 2 sd
+      # move every other group along (ratio 2.1 and 1.8).
       t0=0.1,                     # edit from step t0 * T
       ddim_steps=25,              # DDIM steps from t0 back to 0
       scales=(10.0, 30.0, 100.0),  # guidance strengths s
       target_sd=1.0,              # targets at mean -/+ target_sd sd along each group's axis
-      reference_size=512,         # group values of the critic's reference bank
+      reference_size=2048,        # critic's reference bank of group values (512: 2.1-2.3)
       mig_bins=10, seed=0))
   return c

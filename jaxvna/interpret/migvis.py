@@ -24,12 +24,16 @@ Guidance targets are m_g -/+ target_sd * sd_g u_g in the critic's target space (
 "high").
 
 Editing: a held-out image is taken to step t0 = eval.migvis.t0 * T and run back with
-DDIM, guided by the critic's pointwise MI with the target (`MICritic.pointwise_mi`)
-at each scale s of eval.migvis.scales; s = 0 is the unguided round trip. eval.migvis.start
-chooses how the image reaches t0: "noise" (the forward process, one noise draw shared by
-all edits of an image; the round trip re-synthesises fine detail) or "inversion"
-(deterministic DDIM encoding; the round trip returns the image up to the inversion error,
-so what an edit changes is what guidance changes).
+DDIM, guided by the critic's pointwise MI with the target (`MICritic.pointwise_mi`) at
+each scale s of eval.migvis.scales; s = 0 is the unguided round trip.
+eval.migvis.guidance chooses the gradient: "target" follows the MI's gradient as it is;
+"projected" first removes from it, per image and step, its projection on the gradients of
+the critic's readings of the other groups (`MICritic.expected_values`,
+`diffusion.project_out`), so that to first order a step moves the target group only.
+eval.migvis.start chooses how the image reaches t0: "noise" (the forward process, one
+noise draw shared by all edits of an image; the round trip re-synthesises fine detail) or
+"inversion" (deterministic DDIM encoding; the round trip returns the image up to the
+inversion error, so what an edit changes is what guidance changes).
 
 visualize.json (shifts at the largest scale; `per_scale` for every scale):
   target_shift     mean over groups g, images and both directions of the signed change of
@@ -69,6 +73,7 @@ STAGE_BLOCKS = {"group_vae": ("critic", "diffusion"), "critic": ("diffusion",),
                 "diffusion": ("migvis", "critic"),
                 "direct_encoding": ("migvis", "critic", "diffusion")}
 READOUTS = ("simulator", "direct_encoding")
+GUIDANCES = ("target", "projected")
 
 
 def stage_config(config, method: str):
@@ -163,6 +168,9 @@ class Editor:
 
   def __init__(self, unet, unet_params, critic, critic_params, config):
     d, ev = config.diffusion, config.eval.migvis
+    if ev.guidance not in GUIDANCES:
+      raise ValueError(f"eval.migvis.guidance: unknown {ev.guidance!r}; expected one of "
+                       f"{GUIDANCES}")
     if ev.start not in diffusion.STARTS:
       raise ValueError(f"eval.migvis.start: unknown {ev.start!r}; expected one of "
                        f"{diffusion.STARTS}")
@@ -172,12 +180,17 @@ class Editor:
     eps_fn = lambda x, t: unet.apply({"params": unet_params}, x, t)
     use_noise = ev.start == "noise"
 
-    def guided(x_t, targets, reference, group_weights, scale):
-      def score(x0):
-        pixels01 = (x0 + 1.0) / 2.0  # the critic reads float images in [0, 1]
-        return critic.apply({"params": critic_params}, pixels01, targets, reference,
-                            method=critic.pointwise_mi) @ group_weights
-      return diffusion.ddim_sample(eps_fn, x_t, steps, alpha_bar, score_fn=score, scale=scale)
+    pixels01 = lambda x0: (x0 + 1.0) / 2.0  # the critic reads float images in [0, 1]
+
+    def guided(x_t, targets, reference, group_weights, keep_columns, scale):
+      score = lambda x0: critic.apply({"params": critic_params}, pixels01(x0), targets,
+                                      reference, method=critic.pointwise_mi) @ group_weights
+      keep = None
+      if ev.guidance == "projected":
+        keep = lambda x0: critic.apply({"params": critic_params}, pixels01(x0), reference,
+                                       method=critic.expected_values) * keep_columns
+      return diffusion.ddim_sample(eps_fn, x_t, steps, alpha_bar, score_fn=score, scale=scale,
+                                   keep_fn=keep)
 
     self.start = jax.jit(lambda images, noise: diffusion.start_point(
         eps_fn, images, alpha_bar, t0=t0, num_steps=ev.ddim_steps,
@@ -215,8 +228,9 @@ def edit_all(editor: Editor, sources: np.ndarray, targets: dict, reference: np.n
   tgt = jnp.asarray(np.stack([targets["low"]] * n + [targets["high"]] * n), jnp.float32)
   for g in range(len(groups)):
     weights = jnp.asarray(np.eye(len(groups), dtype=np.float32)[g])  # guide group g only
+    keep_columns = jnp.asarray(1.0 - migvis.group_onehot(groups)[:, g])  # hold the others
     for scale in ev.scales:
-      out = _quantize(editor.guided(x_t, tgt, jnp.asarray(reference), weights,
+      out = _quantize(editor.guided(x_t, tgt, jnp.asarray(reference), weights, keep_columns,
                                     jnp.float32(scale)))
       edited[(g, "low", scale)], edited[(g, "high", scale)] = out[:n], out[n:]
   return unguided, edited

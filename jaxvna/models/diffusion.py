@@ -21,10 +21,13 @@ Guidance (Dhariwal & Nichol 2021, classifier guidance written for DDIM) replaces
 where `score` is any differentiable function of the predicted clean image (for MIG-Vis:
 the critic's InfoNCE estimate of the pointwise mutual information with a target value of
 one latent group, `migvis.MICritic.pointwise_mi`). The gradient flows through the U-Net
-into x_t. Editing starts from a real image taken to an intermediate step t0 and runs the
-guided DDIM back to 0, so the result keeps the layout of its source. The image reaches t0
-either by the forward process (random noise, SDEdit) or by deterministic DDIM inversion,
-whose unguided round trip returns the image itself (`start_point`).
+into x_t. Optionally the gradient with respect to x0_hat is first made orthogonal to the
+gradients of other readings of the image (`project_out`), which then stay put to first
+order (for MIG-Vis: the critic's readings of the other groups). Editing starts from a
+real image taken to an intermediate step t0 and runs the guided DDIM back to 0, so the
+result keeps the layout of its source. The image reaches t0 either by the forward process
+(random noise, SDEdit) or by deterministic DDIM inversion, whose unguided round trip
+returns the image itself (`start_point`).
 
 Images live in [-1, 1] (`to_model_space`); shapes are (B, H, W, C) throughout.
 """
@@ -99,17 +102,23 @@ def ddim_timesteps(num_timesteps: int, num_steps: int, start: int | None = None)
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 ScoreFn = Callable[[jax.Array], jax.Array]
+KeepFn = Callable[[jax.Array], jax.Array]
 
 
 def guided_eps(eps_fn: EpsFn, score_fn: ScoreFn | None, scale, x_t: jax.Array,
-               t: jax.Array, a: jax.Array) -> jax.Array:
+               t: jax.Array, a: jax.Array, keep_fn: KeepFn | None = None) -> jax.Array:
   """eps' = eps - scale * sqrt(1 - a) * grad_{x_t} sum_b score(x0_hat(x_t))_b.
+
+  With `keep_fn`, the score's gradient with respect to x0_hat is first projected, per
+  image, onto the orthogonal complement of the gradients of the K readings keep_fn(x0_hat)
+  (B, K): to first order the guided step then leaves those readings where they are.
 
   Args:
     eps_fn: (x (B, ...), t (B,)) -> predicted noise (B, ...).
     score_fn: predicted clean images (B, ...) -> (B,) scores to increase, or None.
     scale: guidance strength s (scalar, may be traced).
     x_t: (B, ...) current noisy images; t: (B,) their step; a: alpha_bar[t] scalar.
+    keep_fn: optional predicted clean images (B, ...) -> (B, K) readings to hold.
 
   Returns:
     (B, ...) guided noise prediction (eps itself when score_fn is None).
@@ -117,16 +126,42 @@ def guided_eps(eps_fn: EpsFn, score_fn: ScoreFn | None, scale, x_t: jax.Array,
   if score_fn is None:
     return eps_fn(x_t, t)
 
-  def score_and_eps(x):
+  def x0_hat(x):
     eps = eps_fn(x, t)
-    return jnp.sum(score_fn(predict_x0(x, eps, a))), eps
+    return predict_x0(x, eps, a), eps
 
-  grad, eps = jax.grad(score_and_eps, has_aux=True)(x_t)
-  return eps - scale * jnp.sqrt(1 - a) * grad
+  x0, pull_back, eps = jax.vjp(x0_hat, x_t, has_aux=True)
+  grad = jax.grad(lambda y: jnp.sum(score_fn(y)))(x0)
+  if keep_fn is not None:
+    grad = project_out(grad, jax.jacrev(lambda y: jnp.sum(keep_fn(y), axis=0))(x0))
+  return eps - scale * jnp.sqrt(1 - a) * pull_back(grad)[0]
+
+
+def project_out(grad: jax.Array, directions: jax.Array,
+                ridge: float = 1e-6) -> jax.Array:
+  """grad minus, per image, its least-squares projection on the span of `directions`.
+
+  Args:
+    grad: (B, ...) one vector per image.
+    directions: (K, B, ...) K vectors per image (zero rows are ignored).
+    ridge: relative Tikhonov term of the (K, K) Gram matrices.
+
+  Returns:
+    (B, ...) the part of each grad orthogonal to its image's directions.
+  """
+  b = grad.shape[0]
+  g = grad.reshape(b, -1)
+  d = jnp.swapaxes(directions.reshape(directions.shape[0], b, -1), 0, 1)  # (B, K, P)
+  gram = jnp.einsum("bkp,bjp->bkj", d, d)
+  gram = gram + ridge * (jnp.trace(gram, axis1=1, axis2=2)[:, None, None] + 1e-30) * jnp.eye(
+      d.shape[1])
+  coef = jnp.linalg.solve(gram, jnp.einsum("bkp,bp->bk", d, g)[..., None])[..., 0]
+  return (g - jnp.einsum("bk,bkp->bp", coef, d)).reshape(grad.shape)
 
 
 def ddim_sample(eps_fn: EpsFn, x_t: jax.Array, timesteps, alpha_bar, *,
-                score_fn: ScoreFn | None = None, scale=0.0) -> jax.Array:
+                score_fn: ScoreFn | None = None, scale=0.0,
+                keep_fn: KeepFn | None = None) -> jax.Array:
   """Deterministic DDIM from x_t at timesteps[0] down through timesteps[-1] to x_0.
 
   Args:
@@ -134,7 +169,7 @@ def ddim_sample(eps_fn: EpsFn, x_t: jax.Array, timesteps, alpha_bar, *,
     x_t: (B, ...) images at step timesteps[0].
     timesteps: decreasing int steps (`ddim_timesteps`), the first the one of x_t.
     alpha_bar: (T,) schedule.
-    score_fn, scale: optional guidance (see `guided_eps`).
+    score_fn, scale, keep_fn: optional guidance (see `guided_eps`).
 
   Returns:
     (B, ...) the final x0_hat (at a_{-1} = 1), in model space (not clipped).
@@ -147,7 +182,7 @@ def ddim_sample(eps_fn: EpsFn, x_t: jax.Array, timesteps, alpha_bar, *,
 
   def step(x, inputs):
     t, a, a_prev = inputs
-    eps = guided_eps(eps_fn, score_fn, scale, x, jnp.full((x.shape[0],), t), a)
+    eps = guided_eps(eps_fn, score_fn, scale, x, jnp.full((x.shape[0],), t), a, keep_fn)
     x0 = predict_x0(x, eps, a)
     return jnp.sqrt(a_prev) * x0 + jnp.sqrt(1 - a_prev) * eps, None
 
@@ -209,12 +244,13 @@ def start_point(eps_fn: EpsFn, images: jax.Array, alpha_bar, *, t0: int, num_ste
 
 def edit(eps_fn: EpsFn, images: jax.Array, alpha_bar, *, t0: int, num_steps: int,
          noise: jax.Array | None = None, score_fn: ScoreFn | None = None,
-         scale=0.0) -> jax.Array:
+         scale=0.0, keep_fn: KeepFn | None = None) -> jax.Array:
   """`start_point` at step t0, then (guided) DDIM back to 0 in `num_steps` steps:
   (B, ...) model-space images -> (B, ...)."""
   x_t = start_point(eps_fn, images, alpha_bar, t0=t0, num_steps=num_steps, noise=noise)
   steps = ddim_timesteps(jnp.asarray(alpha_bar).shape[0], num_steps, t0)
-  return ddim_sample(eps_fn, x_t, steps, alpha_bar, score_fn=score_fn, scale=scale)
+  return ddim_sample(eps_fn, x_t, steps, alpha_bar, score_fn=score_fn, scale=scale,
+                     keep_fn=keep_fn)
 
 
 # ----------------------------------------------------------------------------- U-Net

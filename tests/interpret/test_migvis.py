@@ -2,11 +2,16 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxvna import cli
 from jaxvna.configs import migvis_sim
 from jaxvna.interpret import migvis
+from jaxvna.models import diffusion
+from jaxvna.models import migvis as migvis_models
 
 
 def tiny_config():
@@ -62,3 +67,38 @@ def test_visualize_is_a_command():
   config.eval.migvis.readout = "eeg"
   with pytest.raises(ValueError, match="unknown 'eeg'"):
     migvis.response_model(config, None, None, None, False)
+
+
+def test_projected_guidance_holds_the_critics_reading_of_the_other_groups():
+  config = tiny_config()
+  config.migvis.groups = (1, 2, 1)
+  config.eval.migvis.ddim_steps = 4
+  images = jax.random.uniform(jax.random.key(0), (8, 8, 8, 1))
+  critic, unet = migvis_models.build_critic(config), diffusion.build_unet(config)
+  critic_params = critic.init(jax.random.key(1), images, jnp.zeros((1, 4)), train=False)["params"]
+  unet_params = unet.init(jax.random.key(2), images, jnp.zeros((8,), jnp.int32))["params"]
+  reference = jax.random.normal(jax.random.key(3), (16, 4))
+  targets = jnp.tile(reference[:1], (8, 1))
+  read = lambda x: critic.apply({"params": critic_params}, diffusion.to_pixels(x) / 255.0,
+                                reference, method=critic.expected_values)
+  x = diffusion.to_model_space(images * 255.0)
+  changes = {}
+  for guidance in migvis.GUIDANCES:
+    config.eval.migvis.guidance = guidance
+    editor = migvis.Editor(unet, unet_params, critic, critic_params, config)
+    x_t = editor.start(x, jnp.zeros_like(x))
+    # Guide group 1 (columns 1-2); hold columns 0 and 3.
+    edited = editor.guided(x_t, targets, reference, jnp.asarray([0.0, 1.0, 0.0]),
+                           jnp.asarray([1.0, 0.0, 0.0, 1.0]), jnp.float32(3.0))
+    changes[guidance] = np.abs(np.asarray(read(edited) - read(editor.unguided(x_t))))
+  assert changes["target"][:, 1:3].mean() > 0.01
+  assert changes["projected"][:, 1:3].mean() > 0.2 * changes["target"][:, 1:3].mean()
+  held = lambda c: c[:, [0, 3]].mean()
+  assert held(changes["projected"]) < 0.3 * held(changes["target"])
+
+
+def test_unknown_guidance():
+  config = tiny_config()
+  config.eval.migvis.guidance = "both"
+  with pytest.raises(ValueError, match="unknown 'both'"):
+    migvis.Editor(None, None, None, None, config)

@@ -105,6 +105,38 @@ def test_guidance_increases_the_score_it_follows():
   np.testing.assert_allclose(run(0.0), unguided, atol=1e-6)
 
 
+def test_project_out_removes_exactly_the_span_of_each_images_directions():
+  rng = np.random.default_rng(0)
+  grad = jnp.asarray(rng.normal(size=(3, 4, 4, 1)), jnp.float32)
+  directions = jnp.asarray(rng.normal(size=(2, 3, 4, 4, 1)), jnp.float32)
+  directions = directions.at[1, 2].set(0.0)  # image 2 holds one reading only
+  out = np.asarray(diffusion.project_out(grad, directions)).reshape(3, -1)
+  d, g = np.asarray(directions).reshape(2, 3, -1), np.asarray(grad).reshape(3, -1)
+  for b in range(3):
+    np.testing.assert_allclose(d[:, b] @ out[b], 0.0, atol=1e-4)
+    basis = d[:, b][np.abs(d[:, b]).sum(1) > 0]
+    expected = g[b] - basis.T @ np.linalg.lstsq(basis.T, g[b], rcond=None)[0]
+    np.testing.assert_allclose(out[b], expected, atol=1e-4)
+
+
+def test_projected_guidance_moves_its_score_and_holds_the_kept_reading():
+  alpha_bar = jnp.asarray(diffusion.noise_schedule("cosine", 1000))
+  images = 0.5 * jax.random.normal(jax.random.key(3), (16, 6, 6, 1))
+  noise = jax.random.normal(jax.random.key(4), images.shape)
+  # Two overlapping readings: the left half's and the top half's brightness.
+  left = lambda x0: x0[:, :, :3].mean(axis=(1, 2, 3))
+  top = lambda x0: x0[:, :3].mean(axis=(1, 2, 3))
+  run = lambda s, keep: diffusion.edit(gaussian_eps_fn(alpha_bar), images, alpha_bar, t0=500,
+                                       num_steps=10, noise=noise, score_fn=left, scale=s,
+                                       keep_fn=keep)
+  unguided = run(0.0, None)
+  plain, projected = run(20.0, None), run(20.0, lambda x0: top(x0)[:, None])
+  change = lambda f, x: float(jnp.abs(f(x) - f(unguided)).mean())
+  assert change(left, projected) > 0.05
+  assert change(top, plain) > 0.4 * change(left, plain)  # plain guidance drags top along
+  assert change(top, projected) < 0.1 * change(top, plain)
+
+
 def test_guidance_toward_a_critic_target_increases_its_score():
   config = ml_collections.ConfigDict(dict(
       migvis=dict(groups=(2, 1)),
