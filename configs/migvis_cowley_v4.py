@@ -9,7 +9,8 @@ to 32x32 grey. There is no ground truth, so edited images are read out by a
 direct-encoding model trained on the same recordings (W/direct_encoding), then the group
 VAE's encoder; visualize.json holds the shifts and the critic's MI bounds (no MIG).
 Settings as in migvis_sim.py (its docstring lists bigger ones for a GPU; here also
-data.kwargs.image_size=64 with diffusion.channels=(64, 128, 128)).
+data.kwargs.image_size=64 with diffusion.channels=(64, 128, 128)). With all ten sessions
+(~8,200 training images) give the critic stages.critic.steps=1000; the README has both runs.
 """
 
 from jaxvna.config_files import sibling
