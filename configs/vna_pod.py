@@ -10,11 +10,12 @@ holds a sixth of an epoch; every host simulates it (4 minutes on 2 busy CPU core
 of host memory at the peak, 2 GB once made). A stand-in to exercise the pod: with 2.4
 subjects' responses per image, about a quarter of the examples of a batch share their
 image with another example of it, a negative that the loss cannot tell apart; real data
-at this batch size should have more images. With an argument: every `*.npz` file of that folder is one recording of your
-own data (the `npz` format of `jaxvna.data.readers.read_npz`; write it with
-`readers.write_npz`). Each process reads the whole dataset into memory and uses only the
-rows of each batch that its devices hold. With other data, set train.steps to the number
-of epochs you want times (training examples / 32768).
+at this batch size should have more images. With an argument: every `*.npz` file of that
+folder is one recording of your own data (the `npz` format of
+`jaxvna.data.readers.read_npz`; write it with `readers.write_npz`). Each process reads
+the whole dataset into memory and uses only the rows of each batch that its devices hold.
+With other data, set train.steps to the number of epochs you want times (training
+examples / 32768).
 
 Model. The towers of configs/vna_sim.py, computed in bfloat16 (model.dtype): parameters,
 gradients and the AdamW state stay float32, the embeddings are cast to float32 before the
@@ -26,9 +27,10 @@ Loss. loss.impl="ring": negatives travel around the devices in blocks, so a devi
 Schedule. AdamW at peak 1e-3, vna_sim.py's rate at batch 256, not scaled up with the
 batch: at batch 2048 (60 steps, 5,000 simulated 32x32 images, 8 devices, float32) 10-way
 decoding top-1 was 0.46 / 0.48 / 0.34 / 0.32 at peak 5e-4 / 1e-3 / 2e-3 / 4e-3, and at
-batch 256 (30 steps) 4e-3 stalled at chance. 10% linear warmup, then cosine decay to 1%, over 600
-steps: as many updates as vna_sim.py, each of 128x the examples (about 100 epochs of the
-simulator's training examples). Not tuned at 32768 itself: the first point of a sweep.
+batch 256 (30 steps) 4e-3 stalled at chance. 10% linear warmup, then cosine decay to 1%,
+over 600 steps: as many updates as vna_sim.py, each of 128x the examples (about 100
+epochs of the simulator's training examples). Not tuned at 32768 itself: the first point
+of a sweep.
 
 Parameter sharding. None: the state is replicated, as in `jaxvna train`. The towers hold
 0.69 M parameters, so parameters and AdamW state take 7.8 MiB per device, against 478 MiB

@@ -2,10 +2,11 @@
 
 Prints one JSON line: samples_per_s, step_gflop (XLA's cost analysis of the compiled
 step, summed over devices), gflops (achieved by the step), peak_gflops (an f32 2048^2
-matmul timed in the same process) and fraction_of_peak. Inputs are synthetic (config.bench), so only the step is
-measured. The machine may be shared with other work, so the step and the matmul are timed
-in alternating rounds (config.bench.rounds of config.bench.steps steps, each followed by a
-few matmuls) and their medians compared: both see the same load.
+matmul timed in the same process) and fraction_of_peak. Inputs are synthetic
+(config.bench), so only the step is measured. The machine may be shared with other work,
+so the step and the matmul are timed in alternating rounds (config.bench.rounds of
+config.bench.steps steps, each followed by a few matmuls) and their medians compared:
+both see the same load.
 """
 
 from __future__ import annotations

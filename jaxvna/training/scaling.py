@@ -180,8 +180,7 @@ def train_run(config, workdir: pathlib.Path, dataset: Dataset, *, n_way, width: 
       return stored["run"]
   trained_on = train.training_dataset(config, dataset)
   model, params, _ = train.train(config, workdir, dataset=trained_on, force=force)
-  results = train.evaluate(config, model, params, dataset, workdir)
-  train._write_json(workdir / "results.json", {"dataset": dataset.name, "results": results})
+  train.evaluate_and_write(config, model, params, dataset, workdir)
   successes = query_successes(config, model, params, dataset, n_way)
   accuracy = {task: float(np.mean([s[task].mean() for s in successes.values()]))
               for task in TASKS}

@@ -339,14 +339,19 @@ def evaluate(config, model, params, dataset: Dataset, workdir) -> dict:
 
 
 def train_and_evaluate(config, workdir, *, force: bool = False, dataset: Dataset | None = None):
-  """`jaxvna train`: trains, evaluates on held-out images, writes workdir/results.json.
+  """`jaxvna train`: trains, evaluates on held-out images, writes workdir/results.json."""
+  dataset = dataset if dataset is not None else load_dataset(config)
+  model, params, _ = train(config, workdir, dataset=training_dataset(config, dataset),
+                           force=force)
+  return evaluate_and_write(config, model, params, dataset, workdir)
+
+
+def evaluate_and_write(config, model, params, dataset: Dataset, workdir) -> dict:
+  """`evaluate`, then workdir/results.json; returns its content.
 
   In a multi-process run every process evaluates the whole held-out set on its own copy
   of the parameters (the same numbers everywhere); process 0 writes the results.
   """
-  dataset = dataset if dataset is not None else load_dataset(config)
-  model, params, _ = train(config, workdir, dataset=training_dataset(config, dataset),
-                           force=force)
   primary = distributed.is_primary()
   results = evaluate(config, model, local_copy(params), dataset, workdir if primary else None)
   out = {"dataset": dataset.name, "results": results}
@@ -355,27 +360,32 @@ def train_and_evaluate(config, workdir, *, force: bool = False, dataset: Dataset
   return out
 
 
-def evaluate_workdir(config, workdir):
-  """`jaxvna eval`: re-evaluates the latest checkpoint of a finished or interrupted run."""
+def restore_latest(config, model, dataset: Dataset, workdir) -> tuple[int, TrainState]:
+  """(step, state) of the latest checkpoint in workdir/checkpoints, a whole copy on this
+  process's first device (`dataset`: the subjects the run trained on).
+
+  Raises:
+    FileNotFoundError: the workdir holds no checkpoint.
+  """
   workdir = pathlib.Path(workdir)
-  dataset = load_dataset(config)
-  trained_on = training_dataset(config, dataset)
-  model = make_model(config, trained_on)
   tx = make_optimizer(config)
-  # Each process restores a whole copy onto its own first device (see train_and_evaluate).
-  abstract = abstract_state(lambda: init_state(config, model, tx, trained_on),
+  abstract = abstract_state(lambda: init_state(config, model, tx, dataset),
                             jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
     restored = ckpt.restore(abstract)
   if restored is None:
     raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to evaluate")
-  _, state, _ = restored
-  primary = distributed.is_primary()
-  results = evaluate(config, model, state.params, dataset, workdir if primary else None)
-  out = {"dataset": dataset.name, "results": results}
-  if primary:
-    _write_json(workdir / "results.json", out)
-  return out
+  step, state, _ = restored
+  return step, state
+
+
+def evaluate_workdir(config, workdir):
+  """`jaxvna eval`: re-evaluates the latest checkpoint of a finished or interrupted run."""
+  dataset = load_dataset(config)
+  trained_on = training_dataset(config, dataset)
+  model = make_model(config, trained_on)
+  _, state = restore_latest(config, model, trained_on, workdir)
+  return evaluate_and_write(config, model, state.params, dataset, workdir)
 
 
 # ----------------------------------------------------------------------------

@@ -86,7 +86,8 @@ def _launch(workdir: pathlib.Path, steps: int, *, processes: int, devices: int,
         p.kill()
         p.wait()
   for p, path in zip(running, paths):
-    assert p.returncode == 0, f"{path.name} exited with {p.returncode}:\n" + path.read_text()[-3000:]
+    assert p.returncode == 0, (f"{path.name} exited with {p.returncode}:\n"
+                               + path.read_text()[-3000:])
 
 
 def _metrics(workdir):
@@ -97,13 +98,8 @@ def _final_params(workdir):
   """The parameters of the latest checkpoint in `workdir`, a pytree of numpy arrays."""
   config = _tiny_config()
   dataset = readers.load(config.data.kind, **config.data.kwargs)
-  model = train.make_model(config, dataset)
-  tx = train.make_optimizer(config)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          jax.eval_shape(lambda: train.init_state(config, model, tx, dataset)))
-  with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
-    step, state, _ = ckpt.restore(abstract)
+  step, state = train.restore_latest(config, train.make_model(config, dataset), dataset,
+                                     workdir)
   assert step == STEPS
   return jax.tree.map(np.asarray, state.params)
 

@@ -169,13 +169,8 @@ def test_resume_on_another_device_count(tmp_path):
 
 def _final_params(workdir, config):
   dataset = readers.load("simulator", **TINY_DATA)
-  model = train.make_model(config, dataset)
-  state = train.init_state(config, model, train.make_optimizer(config), dataset)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          state)
-  with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
-    step, state, _ = ckpt.restore(abstract)
+  step, state = train.restore_latest(config, train.make_model(config, dataset), dataset,
+                                     workdir)
   assert step == config.train.steps
   return jax.tree.map(np.asarray, state.params)
 
