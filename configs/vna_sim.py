@@ -2,14 +2,22 @@
 
   jaxvna train --config=configs/vna_sim.py --workdir=W [--config.train.steps=...]
   jaxvna train --config=configs/vna_sim.py:direct_encoding --workdir=W
+  jaxvna train --config=configs/vna_sim.py:vna,tiny --workdir=W   (a minute on a laptop)
+
+The argument is the method, optionally followed by ",tiny": a small simulator (2
+subjects, 600 32x32 images) and small towers, for tests, notebooks and a first try.
 """
 
 import ml_collections
 
 
-def get_config(method: str = "vna"):
+def get_config(arg: str = "vna"):
+  method, *variants = arg.split(",")
+  unknown = set(variants) - {"tiny"}
+  if unknown:
+    raise ValueError(f"vna_sim: unknown variant(s) {sorted(unknown)}; expected 'tiny'")
   c = ml_collections.ConfigDict()
-  c.method = method  # vna | direct_encoding | direct_decoding | mivae
+  c.method = method  # vna | direct_encoding | direct_decoding
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
@@ -49,4 +57,28 @@ def get_config(method: str = "vna"):
 
   c.eval = ml_collections.ConfigDict(dict(
       split="test", n_ways=(2, 10, 50, 100, "all"), draws=200, seed=0, gabor_ridge=True))
+  if "tiny" in variants:
+    _make_tiny(c)
   return c
+
+
+def _make_tiny(c):
+  c.data.kwargs = ml_collections.ConfigDict(dict(
+      seed=0, num_subjects=2, num_images=600, image_size=32, neurons_per_subject=(60, 40),
+      spatial_frequency_range=(2.0, 8.0)))
+  c.model.embed_dim = 32
+  c.model.image_tower = ml_collections.ConfigDict(dict(
+      type="mlp", channels=(8, 16), front_end=None, hidden=(128,)))
+  c.model.neural_tower = ml_collections.ConfigDict(dict(
+      readin_dim=32, hidden=(64,), neuron_dropout=0.1, preprocess="log1p"))
+  c.model.decoder_size = 8
+  c.optim.warmup_steps = 5
+  c.optim.lr = 3e-3
+  c.train.steps = 60
+  c.train.batch_size = 64
+  c.train.checkpoint_every = 10
+  c.train.log_every = 10
+  c.train.progress_bar = False
+  c.eval.n_ways = (2, 10)
+  c.eval.draws = 50
+  c.eval.gabor_ridge = False

@@ -23,6 +23,9 @@ import sys
 
 COMMANDS = ("demo", "data", "train", "eval", "bench", "interpret", "visualize",
             "scaling", "dryrun")
+# Commands held by their workdir's lock for their whole length (`eval` takes it itself,
+# after checking that the workdir holds a checkpoint, so that it creates nothing otherwise).
+WORKDIR_COMMANDS = ("demo", "train", "interpret", "visualize", "scaling")
 _DEFAULT_CONFIG = {"demo": "vna_sim.py", "data": "vna_sim.py", "bench": "bench_dina_mlp.py",
                    "interpret": "dina_sim.py", "visualize": "migvis_sim.py",
                    "scaling": "scaling_sim.py", "dryrun": "vna_pod.py"}
@@ -48,6 +51,8 @@ def _define_flags(command: str):
   flags.DEFINE_string("workdir", "workdir" if command != "data" else None,
                       "Folder for checkpoints, logs and results.")
   flags.DEFINE_bool("force", False, "Reuse a workdir that holds a run of another config.")
+  flags.DEFINE_bool("verbose", False, "Show the traceback of errors in the data, config or "
+                    "paths given (they are otherwise printed on one line).")
   flags.DEFINE_string("prepare_dir", None, "data: build the TFDS (ArrayRecord) copy here.")
   flags.DEFINE_integer("devices", 8, "dryrun: the number of (fake CPU) devices of the mesh.")
   # Multi-process runs (jaxvna.training.distributed); unset flags fall back to JAXVNA_* env.
@@ -66,6 +71,11 @@ def _main(command: str, flags_values) -> int:
   from absl import logging
   if not flags_values["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every step at INFO
+  config = flags_values.config
+  if config is None:
+    raise SystemExit(f"jaxvna {command}: --config is required")
+  from jaxvna.training import preflight
+  preflight.check_config(config)  # before any data is read or anything compiled
   from jaxvna.training import distributed
   # Before any JAX computation: processes must join before the backends start.
   try:
@@ -75,9 +85,14 @@ def _main(command: str, flags_values) -> int:
   except ValueError as error:
     raise SystemExit(f"jaxvna {command}: {error}") from None
   distributed.initialize(settings)
-  config = flags_values.config
-  if config is None:
-    raise SystemExit(f"jaxvna {command}: --config is required")
+  if command in WORKDIR_COMMANDS:
+    from jaxvna.training import workdir_lock
+    with workdir_lock.hold(flags_values.workdir, command=command):
+      return _run_command(command, config, flags_values)
+  return _run_command(command, config, flags_values)
+
+
+def _run_command(command: str, config, flags_values) -> int:
   if command == "data":
     from jaxvna.data import readers, summarize
     if flags_values.prepare_dir:
@@ -134,7 +149,20 @@ def run(argv=None):
     return 2
   from absl import app
   flags_values = _define_flags(command)
-  app.run(lambda _: _main(command, flags_values), argv=[f"jaxvna {command}"] + argv[2:])
+  app.run(lambda _: _main_reporting_user_errors(command, flags_values),
+          argv=[f"jaxvna {command}"] + argv[2:])
+
+
+def _main_reporting_user_errors(command: str, flags_values) -> int:
+  """`_main`, with a mistake in what the user gave printed on one line (exit status 2)."""
+  from jaxvna.errors import UserError
+  try:
+    return _main(command, flags_values)
+  except UserError as error:
+    if flags_values.verbose:
+      raise
+    print(f"jaxvna {command}: error: {error}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -25,16 +25,19 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
 import tempfile
 from typing import Any, Sequence
 
 import numpy as np
 
-from jaxvna.data.dataset import SPLITS, Dataset, Recording, split_index
+from jaxvna import files
+from jaxvna.data.dataset import SPLITS, DataError, Dataset, Recording, split_index
 
 _EMBED_BATCH = 512
 _MODEL_FILE = "model.json"
+_PARAMS_DIR = "params"
+_MODEL_FORMAT = "jaxvna.VNA"  # model.json's "format": marks a folder `save` wrote
+_MODEL_KEYS = ("config", "neuron_counts", "image_shape", "subject_ids")
 
 
 def _as_list(value, name: str) -> tuple[list, bool]:
@@ -144,6 +147,15 @@ def arrays_to_dataset(images, responses, subject_ids: Sequence[Any] | None = Non
   return Dataset(name, tuple(recordings))
 
 
+def _refuse_rows(bad: np.ndarray, problem: str) -> None:
+  """Raises DataError naming the rows (images) of `responses` where (N,) `bad` holds."""
+  rows = np.flatnonzero(bad)
+  if rows.size:
+    shown = ", ".join(str(i) for i in rows[:5]) + (", ..." if rows.size > 5 else "")
+    raise DataError(f"responses: rows {shown} ({rows.size} of {bad.size} images) have "
+                    f"{problem}")
+
+
 def _fingerprint(dataset: Dataset) -> str:
   """sha256 of every array of the dataset: a workdir is refused for other data."""
   digest = hashlib.sha256()
@@ -165,6 +177,51 @@ def _set_field(config, key: str, value) -> None:
     if i < len(parts) - 1:
       node = node[part]
   node[parts[-1]] = value
+
+
+def _read_model_file(path: pathlib.Path) -> dict:
+  """The fields of a model.json that `VNA.save` wrote; DataError naming `path` otherwise."""
+  expected = f"expected the {_MODEL_FILE} that VNA.save writes"
+  try:
+    meta = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise DataError(f"{path}: cannot read as JSON ({e}); {expected}") from e
+  if not isinstance(meta, dict):
+    raise DataError(f"{path}: holds a JSON {type(meta).__name__}; {expected} (an object)")
+  missing = [k for k in _MODEL_KEYS if k not in meta]
+  if missing:
+    raise DataError(f"{path}: missing fields {missing}; {expected}")
+  # Models saved before the "format" field have none; any other value is another program's.
+  if meta.get("format", _MODEL_FORMAT) != _MODEL_FORMAT:
+    raise DataError(f"{path}: field 'format' is {meta['format']!r}, not {_MODEL_FORMAT!r}; "
+                    f"{expected}")
+  if not isinstance(meta["config"], dict):
+    raise DataError(f"{path}: field 'config' is a JSON {type(meta['config']).__name__}; "
+                    f"{expected} (an object)")
+  return meta
+
+
+def _why_not_a_model(path: pathlib.Path) -> str | None:
+  """What in the folder `path` is not part of a model `save` wrote; None if nothing is."""
+  names = sorted(p.name for p in path.iterdir())
+  foreign = [n for n in names if n not in (_MODEL_FILE, _PARAMS_DIR)]
+  if foreign:
+    return f"not a model's: {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}"
+  params = path / _PARAMS_DIR
+  if _PARAMS_DIR in names and (params.is_symlink() or not params.is_dir()):
+    return f"{_PARAMS_DIR} is not a folder"
+  if _MODEL_FILE not in names:
+    return f"no {_MODEL_FILE}"
+  try:
+    _read_model_file(path / _MODEL_FILE)
+  except DataError:
+    return f"{_MODEL_FILE} is not one that VNA.save writes"
+  return None
+
+
+def _is_saved_model(path: pathlib.Path) -> bool:
+  """Whether the folder `path` holds a model `save` wrote, and nothing `save` does not write."""
+  return not path.is_symlink() and path.is_dir() and _why_not_a_model(path) is None
 
 
 class VNA:
@@ -290,9 +347,15 @@ class VNA:
     if r.shape[2] != k:
       raise ValueError(f"responses: subject {self.subject_ids_[index]!r} has {k} neurons, "
                        f"got responses of shape {np.shape(responses)}")
-    recorded = ~np.isnan(r).all(axis=2, keepdims=True)
-    if not recorded.any(axis=1).all():
-      raise ValueError("responses: some images have no recorded repeat (all NaN)")
+    nan = np.isnan(r)
+    _refuse_rows(np.isinf(r).any(axis=(1, 2)), "infinite values")
+    # NaN only marks whole unrecorded repeats; a NaN among recorded values would make
+    # the repeat average, and so the embedding, NaN.
+    _refuse_rows((nan.any(axis=2) & ~nan.all(axis=2)).any(axis=1),
+                 "NaN in some but not all neurons of a repeat (NaN may only fill whole "
+                 "unrecorded repeats)")
+    recorded = ~nan.all(axis=2, keepdims=True)
+    _refuse_rows(~recorded.any(axis=(1, 2)), "no recorded repeat (all NaN)")
     mean = np.where(recorded, r, 0).sum(axis=1) / recorded.sum(axis=1)
     padded = np.zeros((len(mean), max(self.neuron_counts_)), np.float32)
     padded[:, :k] = mean
@@ -342,28 +405,35 @@ class VNA:
     shape, subject names) and `params/` (an orbax checkpoint with checksums).
 
     Both are written to a temporary folder beside `path` and renamed into place, so `path`
-    never holds half a model; an existing model at `path` is replaced.
+    never holds half a model. `path` may be missing, an empty folder, or a model that
+    `save` wrote (replaced); anything else is left as it was.
+
+    Raises:
+      RefusedPathError: `path` is a file, or a folder holding anything but a saved model.
     """
     from jaxvna.training import checkpoint
     self._check_fitted()
-    path = pathlib.Path(path).absolute()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with checkpoint.Checkpointer(tmp / "params", max_to_keep=1, async_save=False) as ckpt:
-      ckpt.save(0, self.params_, {}, force=True)
-    (tmp / _MODEL_FILE).write_text(json.dumps({
-        "config": json.loads(self.config_.to_json()), "neuron_counts": self.neuron_counts_,
-        "image_shape": self.image_shape_, "subject_ids": self.subject_ids_}, indent=1))
-    if path.exists():
-      old = path.with_name(f".{path.name}.old-{os.getpid()}")
-      os.replace(path, old)
-      os.replace(tmp, path)
-      shutil.rmtree(old)
-    else:
-      os.replace(tmp, path)
+    meta = {"format": _MODEL_FORMAT, "config": json.loads(self.config_.to_json()),
+            "neuron_counts": self.neuron_counts_, "image_shape": self.image_shape_,
+            "subject_ids": self.subject_ids_}
+
+    def build(tmp: pathlib.Path):
+      with checkpoint.Checkpointer(tmp / _PARAMS_DIR, max_to_keep=1, async_save=False) as ckpt:
+        ckpt.save(0, self.params_, {}, force=True)
+      files.write_json(tmp / _MODEL_FILE, meta)
+
+    files.replace_dir(pathlib.Path(path).absolute(), build, is_ours=_is_saved_model,
+                      what=f"a saved jaxvna model ({_MODEL_FILE} and {_PARAMS_DIR}/ only)",
+                      explain=lambda p: _why_not_a_model(p) if p.is_dir() else None)
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "VNA":
-    """A fitted VNA from a folder written by `save`, on the first local device."""
+    """A fitted VNA from a folder written by `save`, on the first local device.
+
+    Raises:
+      FileNotFoundError: no model.json in `path`.
+      DataError: model.json is unreadable, not JSON, or lacks a field; the message names it.
+    """
     import jax
     import jax.numpy as jnp
     import ml_collections
@@ -372,7 +442,7 @@ class VNA:
     path = pathlib.Path(path)
     if not (path / _MODEL_FILE).is_file():
       raise FileNotFoundError(f"{path}: no saved VNA model ({_MODEL_FILE} is missing)")
-    meta = json.loads((path / _MODEL_FILE).read_text())
+    meta = _read_model_file(path / _MODEL_FILE)
     config = ml_collections.ConfigDict(meta["config"])
     counts, shape = tuple(meta["neuron_counts"]), tuple(meta["image_shape"])
     model = towers.build_model(config.model, counts, shape, method="vna")
@@ -384,10 +454,10 @@ class VNA:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                             abstract)
-    with checkpoint.Checkpointer(path / "params", max_to_keep=None) as ckpt:
+    with checkpoint.Checkpointer(path / _PARAMS_DIR, max_to_keep=None) as ckpt:
       restored = ckpt.restore(abstract)
     if restored is None:
-      raise FileNotFoundError(f"{path / 'params'}: no saved parameters")
+      raise FileNotFoundError(f"{path / _PARAMS_DIR}: no saved parameters")
     estimator = cls.__new__(cls)
     estimator.config, estimator.workdir = config, None
     estimator._set_fitted(config, model, restored[1], counts, shape, meta["subject_ids"])

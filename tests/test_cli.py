@@ -56,8 +56,25 @@ def test_data_selects_v4_sessions(real_data_dir):
 def test_data_names_the_missing_folder(tmp_path):
   out = _run("data", "--config=" + vna_cowley_v4.__file__,
              f"--config.data.root={tmp_path / 'nowhere'}")
-  assert out.returncode != 0
-  assert "DataError" in out.stderr and str(tmp_path / "nowhere") in out.stderr
+  assert out.returncode == 2
+  # A user's mistake is one line, without a traceback (--verbose shows it).
+  assert out.stderr.strip().splitlines() == [line for line in out.stderr.strip().splitlines()
+                                             if line.startswith("jaxvna data: error: ")]
+  assert str(tmp_path / "nowhere") in out.stderr and "Traceback" not in out.stderr
+  verbose = _run("data", "--config=" + vna_cowley_v4.__file__, "--verbose",
+                 f"--config.data.root={tmp_path / 'nowhere'}")
+  assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+  assert "DataError" in verbose.stderr
+
+
+def test_a_config_value_that_cannot_work_is_one_line_before_anything_runs(tmp_path):
+  out = _run("train", "--config=" + vna_sim.__file__, f"--workdir={tmp_path / 'run'}",
+             "--config.train.checkpoint_every=0", "--config.optim.lr=-0.001")
+  assert out.returncode == 2
+  assert out.stderr.strip() == (
+      "jaxvna train: error: config.optim.lr=-0.001: expected a finite number > 0; "
+      "config.train.checkpoint_every=0: expected an integer >= 1")
+  assert not (tmp_path / "run").exists()
 
 
 def test_data_prepare_writes_a_tfds_copy_and_summarises_it(tmp_path):

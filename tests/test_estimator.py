@@ -1,6 +1,9 @@
 """`jaxvna.VNA`: fit on arrays, embeddings, identification score, save/load, clear errors,
 and a light `import jaxvna`."""
 
+import copy
+import json
+import re
 import subprocess
 import sys
 
@@ -9,6 +12,8 @@ import pytest
 
 import jaxvna
 from jaxvna.data import readers
+from jaxvna.data.dataset import DataError
+from jaxvna.errors import RefusedPathError
 from jaxvna.estimator import arrays_to_dataset
 
 TINY_DATA = dict(seed=0, num_subjects=2, num_images=600, image_size=32,
@@ -72,6 +77,109 @@ def test_save_load_round_trip_gives_identical_embeddings(fitted, arrays, tmp_pat
   np.testing.assert_array_equal(loaded.transform_responses(responses[1], subject="m2"),
                                 fitted.transform_responses(responses[1], subject="m2"))
   assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary left
+
+
+def snapshot(folder):
+  """{relative path: bytes (None for a folder)} of everything under `folder`."""
+  return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+          for p in sorted(folder.rglob("*"))}
+
+
+def test_save_refuses_a_path_it_did_not_write_and_leaves_it_as_it_was(fitted, tmp_path):
+  notes = tmp_path / "notes"
+  notes.mkdir()
+  (notes / "paper.tex").write_bytes(b"\\section{Results}")
+  np.save(notes / "data.npy", np.arange(5))
+  (tmp_path / "model.bin").write_bytes(b"a file")
+  (tmp_path / "foreign").mkdir()
+  (tmp_path / "foreign" / "model.json").write_text('{"model": "resnet"}')
+  fitted.save(tmp_path / "ours")
+  (tmp_path / "ours" / "README.txt").write_text("my notes")  # a model plus a user's file
+  before = snapshot(tmp_path)
+  cases = (("notes", "a folder holding 2 entries (data.npy, paper.tex) (not a model's: "
+                     "data.npy, paper.tex)"),
+           ("model.bin", "a file of 6 bytes"),
+           ("foreign", "a folder holding 1 entry (model.json) (model.json is not one that "
+                       "VNA.save writes)"),
+           ("ours", "a folder holding 3 entries (README.txt, model.json, params) (not a "
+                    "model's: README.txt)"))
+  for name, found in cases:
+    with pytest.raises(RefusedPathError, match=re.escape(
+        f"{tmp_path / name}: refusing to replace {found}: it is not a saved jaxvna model")):
+      fitted.save(tmp_path / name)
+  assert snapshot(tmp_path) == before  # nothing deleted, renamed or left behind
+
+
+def test_save_replaces_its_own_model_and_writes_into_an_empty_folder(fitted, tmp_path):
+  import jax
+  other = copy.copy(fitted)
+  other.params_ = jax.tree.map(lambda x: -x, fitted.params_)
+  other.subject_ids_ = ["a", "b"]
+  fitted.save(tmp_path / "model")
+  other.save(tmp_path / "model")
+  loaded = jaxvna.VNA.load(tmp_path / "model")
+  assert loaded.subject_ids_ == ["a", "b"]
+  jax.tree.map(np.testing.assert_array_equal, loaded.params_, other.params_)
+  # A model.json of a save before its "format" field is jaxvna's too.
+  meta_path = tmp_path / "model" / "model.json"
+  meta = json.loads(meta_path.read_text())
+  assert meta.pop("format") == "jaxvna.VNA"
+  meta_path.write_text(json.dumps(meta))
+  fitted.save(tmp_path / "model")
+  assert jaxvna.VNA.load(tmp_path / "model").subject_ids_ == ["m1", "m2"]
+  (tmp_path / "empty").mkdir()
+  fitted.save(tmp_path / "empty")
+  assert jaxvna.VNA.load(tmp_path / "empty").subject_ids_ == ["m1", "m2"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "model"]
+  assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.json", "params"]
+
+
+def test_load_names_a_corrupt_or_incomplete_model_json(fitted, tmp_path):
+  fitted.save(tmp_path / "m")
+  meta_path = tmp_path / "m" / "model.json"
+  meta = json.loads(meta_path.read_text())
+  where = re.escape(str(meta_path))
+  meta_path.write_text(json.dumps(meta)[:-30])  # cut short
+  with pytest.raises(DataError, match=rf"{where}: cannot read as JSON \(.*\); expected the "
+                                      "model.json that VNA.save writes"):
+    jaxvna.VNA.load(tmp_path / "m")
+  meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "image_shape"}))
+  with pytest.raises(DataError, match=rf"{where}: missing fields \['image_shape'\]"):
+    jaxvna.VNA.load(tmp_path / "m")
+  meta_path.write_text("[1, 2]")
+  with pytest.raises(DataError, match=rf"{where}: holds a JSON list"):
+    jaxvna.VNA.load(tmp_path / "m")
+
+
+def test_transform_responses_refuses_nan_inside_a_repeat_and_infinite_values(fitted, arrays):
+  images, responses = arrays["test"]
+  n = len(responses[1])
+  partly = responses[1].copy()
+  partly[[4, 9], 2, 5] = np.nan  # one neuron of a recorded repeat
+  message = rf"responses: rows 4, 9 \(2 of {n} images\) have NaN in some but not all neurons"
+  with pytest.raises(DataError, match=message):
+    fitted.transform_responses(partly, subject=1)
+  with pytest.raises(DataError, match=message):
+    fitted.score(images[1], partly, subject=1)
+  infinite = responses[1].copy()
+  infinite[7, 0, 0], infinite[3, 9, 1] = np.inf, -np.inf
+  with pytest.raises(DataError, match=rf"rows 3, 7 \(2 of {n} images\) have infinite values"):
+    fitted.score(images[1], infinite, subject=1)
+  everywhere = responses[1].copy()
+  everywhere[:, 0, 0] = np.nan
+  with pytest.raises(DataError, match=rf"rows 0, 1, 2, 3, 4, ... \({n} of {n} images\)"):
+    fitted.transform_responses(everywhere, subject=1)
+  # Whole unrecorded repeats are averaged out; an image needs one recorded repeat.
+  unrecorded = responses[1].copy()
+  unrecorded[4, 2:] = np.nan
+  unrecorded[:, 9] = np.nan
+  z = fitted.transform_responses(unrecorded, subject=1)
+  assert np.isfinite(z).all()
+  np.testing.assert_allclose(
+      z, fitted.transform_responses(np.nanmean(unrecorded, axis=1), subject=1), atol=1e-6)
+  unrecorded[5] = np.nan
+  with pytest.raises(DataError, match=rf"rows 5 \(1 of {n} images\) have no recorded repeat"):
+    fitted.transform_responses(unrecorded, subject=1)
 
 
 def test_bad_shapes_raise_clear_errors(fitted, arrays):

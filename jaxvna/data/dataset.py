@@ -22,10 +22,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxvna.errors import UserError
+
 SPLITS = ("train", "validation", "test")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
   """Bad input data; the message names the file (or field) and what was expected."""
 
 

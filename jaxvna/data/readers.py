@@ -23,12 +23,12 @@ import io
 import os
 import pathlib
 import re
-import tempfile
 import zipfile
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from jaxvna import files
 from jaxvna.data.dataset import SPLITS, DataError, Dataset, Recording, split_index
 
 PathLike = str | os.PathLike
@@ -51,6 +51,8 @@ def _require_dir(path: pathlib.Path, what: str) -> pathlib.Path:
 
 def _load_npy(path: pathlib.Path, field: str) -> np.ndarray:
   """Loads one .npy file without pickle; missing or unreadable files raise DataError."""
+  if path.is_dir():
+    raise DataError(f"{path}: field '{field}': is a folder; expected a .npy file")
   if not path.is_file():
     raise DataError(f"{path}: field '{field}': file is missing")
   try:
@@ -550,15 +552,23 @@ def read_sensorium(roots: PathLike | Iterable[PathLike], *,
 
 NPZ_FIELDS = ("images", "responses", "neuron_coords", "split", "stimulus_ids", "name",
               "image_features")
+# A 0-d int array that `write_npz` adds and `read_npz` skips: it marks the archives that
+# `write_npz` may replace.
+NPZ_MARKER = "jaxvna_format"
+NPZ_FORMAT = 1
 
 
 def _read_npz_file(path: pathlib.Path, fractions: Sequence[float], seed: int) -> Recording:
   where = str(path)
+  if path.is_dir():
+    found = len(list(path.glob("*.npz")))
+    hint = f"; to read the {found} .npz files in it, pass them as a list" if found else ""
+    raise DataError(f"{where}: is a folder; expected a .npz file (one per recording){hint}")
   if not path.is_file():
     raise DataError(f"{where}: file is missing")
   try:
     with np.load(path, allow_pickle=False) as archive:
-      arrays = {k: archive[k] for k in archive.files}
+      arrays = {k: archive[k] for k in archive.files if k != NPZ_MARKER}
   except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
     raise DataError(f"{where}: cannot read as an .npz archive without pickle ({e})") from e
   unknown = sorted(set(arrays) - set(NPZ_FIELDS))
@@ -645,6 +655,10 @@ def read_npz(paths: PathLike | Iterable[PathLike], *,
     name          0-d string, optional (default: the file name without suffix).
     image_features (N, F) numbers, optional: precomputed features of each image (e.g. of
                   a frozen pretrained network) for the `features` image tower.
+    jaxvna_format written by `write_npz` to mark its archives; ignored.
+
+  Args:
+    paths: one .npz file, or several (a folder is refused: list its files).
 
   Returns:
     Dataset "npz" with one recording per file, `source` = the file.
@@ -654,15 +668,30 @@ def read_npz(paths: PathLike | Iterable[PathLike], *,
                               for p in _as_paths(paths)))
 
 
+def _written_by_write_npz(path: pathlib.Path) -> bool:
+  """Whether `path` is an archive that `write_npz` wrote (it holds the NPZ_MARKER entry)."""
+  try:
+    with zipfile.ZipFile(path) as archive:
+      return f"{NPZ_MARKER}.npy" in archive.namelist()
+  except (zipfile.BadZipFile, OSError):
+    return False
+
+
 def write_npz(recording: Recording, path: PathLike, *, compress: bool = True) -> pathlib.Path:
   """Writes one recording in the `read_npz` format, atomically.
 
   The archive goes to a temporary file in the destination folder, is flushed and
   fsynced, then renamed over `path`: readers never see a half-written file. Split is
-  stored by name; `truth` and `source` are not stored.
+  stored by name; `truth` and `source` are not stored. The archive also holds a
+  `jaxvna_format` entry (NPZ_MARKER, which `read_npz` skips): an existing file at `path`
+  is replaced only if it has one.
 
   Returns:
     The path written.
+
+  Raises:
+    DataError: the folder of `path` is missing.
+    RefusedPathError: `path` is a folder, or a file that `write_npz` did not write.
   """
   path = pathlib.Path(path)
   folder = path.parent
@@ -675,19 +704,11 @@ def write_npz(recording: Recording, path: PathLike, *, compress: bool = True) ->
       name=np.array(recording.name))
   if recording.image_features is not None:
     arrays["image_features"] = recording.image_features.astype(np.float32)
+  arrays[NPZ_MARKER] = np.array(NPZ_FORMAT)
   save = np.savez_compressed if compress else np.savez
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      save(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
+  return files.atomic_write(path, lambda f: save(f, **arrays), "wb",
+                            is_ours=_written_by_write_npz,
+                            what="an .npz archive written by jaxvna's write_npz")
 
 
 # ---------------------------------------------------------------------------------------

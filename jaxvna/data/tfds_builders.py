@@ -26,7 +26,8 @@ folder as complete and, when overwriting, deletes the old copy before building t
 `prepare` therefore builds in a private `.incomplete-*` folder, renames the finished
 version folder into place (moving an old copy aside only then), and readers require the
 metadata file. A process killed outright can leave a `.incomplete-*` folder behind; it is
-never read and may be deleted.
+never read and may be deleted. Only a version folder holding nothing but the files above
+(a copy, complete or not) is ever replaced: `prepare` refuses any other.
 
 Builders (TFDS names): jaxvna_simulator, cowley_v4, allen_natural_scenes, sensorium2022
 (manual download) and jaxvna_npz. A builder config carries the reader's keyword
@@ -44,6 +45,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 from typing import Any, Mapping
@@ -51,6 +53,7 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxvna import files
 from jaxvna.data import pipeline
 from jaxvna.data.dataset import Dataset, DataError, Recording, SPLITS
 
@@ -377,7 +380,8 @@ def prepare(kind: str, data_dir: str | os.PathLike, *, reader_kwargs: Mapping[st
   Atomic: the dataset is built in a temporary folder inside `data_dir` and renamed into
   place only when complete (records, TFDS info, metadata), so a failure part-way leaves
   nothing that a later call or `read_prepared` takes for a prepared dataset. An existing
-  complete copy is reused unless `overwrite`; an incomplete one is replaced.
+  complete copy is reused unless `overwrite`; an incomplete one is replaced. A
+  destination folder holding anything but the files of a copy is never replaced.
 
   Args:
     kind: a `readers.load` kind ("simulator", "cowley_v4", ...).
@@ -389,11 +393,18 @@ def prepare(kind: str, data_dir: str | os.PathLike, *, reader_kwargs: Mapping[st
 
   Returns:
     the prepared dataset's folder, `prepared_dir(kind, data_dir, reader_kwargs=...)`.
+
+  Raises:
+    RefusedPathError: that folder is a file, or holds files other than a copy's (before
+      anything is read or built).
   """
   cls, config, manual_dir = _resolve(kind, reader_kwargs)
   final = prepared_dir(kind, data_dir, reader_kwargs=reader_kwargs)
   if is_prepared(final) and not overwrite:
     return final
+  # Refused before reading: nothing is built for a destination that cannot be replaced.
+  files.check_replaceable(final, is_ours=_is_copy, what=_COPY, folder=True,
+                          explain=_explain)
   final.parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".incomplete-{cls.name}-", dir=final.parent))
   try:
@@ -407,23 +418,41 @@ def prepare(kind: str, data_dir: str | os.PathLike, *, reader_kwargs: Mapping[st
       raise DataError(f"{built}: preparation ended without {METADATA_FILE}")
     if is_prepared(final) and not overwrite:
       return final  # prepared meanwhile by another call
-    _swap_into_place(built, final, trash=staging / "replaced")
+    files.move_dir_into_place(built, final, is_ours=_is_copy, what=_COPY,
+                             explain=_explain)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return final
 
 
-def _swap_into_place(built: pathlib.Path, final: pathlib.Path, *, trash: pathlib.Path):
-  """Renames `built` to `final`, moving an existing `final` aside (restored on failure)."""
-  had_old = final.exists()
-  if had_old:
-    os.replace(final, trash)
-  try:
-    os.replace(built, final)
-  except BaseException:
-    if had_old:
-      os.replace(trash, final)
-    raise
+_COPY = "a prepared jaxvna dataset (or an incomplete one)"
+# The files of a prepared version folder: TFDS's description, jaxvna's metadata and the
+# record shards "<builder name>-<split>.array_record-<shard>-of-<count>".
+_COPY_FILES = ("dataset_info.json", "features.json", METADATA_FILE, ARRAYS_FILE)
+_SHARD = re.compile(r"[a-z0-9_]+-(%s)\.array_record-\d+-of-\d+" % "|".join(SPLITS))
+
+
+def _foreign(path: pathlib.Path) -> list[str]:
+  """The entries of the folder `path` that are not files of a prepared copy, sorted."""
+  return sorted(p.name for p in path.iterdir()
+                if p.is_symlink() or not p.is_file()
+                or not (p.name in _COPY_FILES or _SHARD.fullmatch(p.name)))
+
+
+def _is_copy(path: pathlib.Path) -> bool:
+  """Whether the folder `path` holds files of a prepared copy only (complete or not).
+
+  `prepare` replaces such a folder; a folder holding anything else is not its to delete.
+  """
+  return not path.is_symlink() and path.is_dir() and not _foreign(path)
+
+
+def _explain(path: pathlib.Path) -> str | None:
+  """The entries of a refused folder that a copy does not hold, for the message."""
+  if path.is_symlink() or not path.is_dir():
+    return None
+  names = _foreign(path)
+  return f"not a copy's: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
 
 
 # ----------------------------------------------------------------------------

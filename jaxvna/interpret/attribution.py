@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvna import files
+
 Encoder = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
@@ -104,7 +106,7 @@ def plot_pixel_maps(maps: np.ndarray, path, *, reference: np.ndarray | None = No
   if reference is not None:
     axes[1, 0].set_ylabel("truth", fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  files.save_figure(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -124,5 +126,5 @@ def plot_neuron_groups(profiles: np.ndarray, labels: np.ndarray, path, *,
   ax.set_xticks(range(unit.shape[1]), [f"z{j}" for j in range(unit.shape[1])], fontsize=8)
   ax.set_title(title or "neuron groups: mean attribution profile", fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  files.save_figure(fig, path, dpi=110)
   plt.close(fig)

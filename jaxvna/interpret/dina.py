@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvna import files
 from jaxvna.data import Dataset
 from jaxvna.evaluation import discriminative, identifiability, identification
 
@@ -396,7 +397,8 @@ def interpret(config, model, params, dataset: Dataset, workdir) -> dict:
     arrays.update({f"{rec.name}/{level}": v.mean(0) for level, v in r["level_maps"].items()})
     if "rf_coverage" in r:
       arrays[f"{rec.name}/rf_coverage"] = r["rf_coverage"]
-  np.savez_compressed(workdir / "interpret_maps.npz", **arrays)
+  files.atomic_write(workdir / "interpret_maps.npz",
+                     lambda f: np.savez_compressed(f, **arrays))
 
   first = next(iter(per_subject.values()))
   curves = [p["ablation"] for p in per_subject.values()]
@@ -437,7 +439,7 @@ def run(config, workdir, *, force: bool = False) -> dict:
                      f"{config.method!r} (use e.g. configs/dina_sim.py)")
   model, params, dataset = train.train(config, workdir, force=force)
   out = interpret(config, model, params, dataset, workdir)
-  train._write_json(pathlib.Path(workdir) / "interpret.json", out)
+  files.write_json(pathlib.Path(workdir) / "interpret.json", out)
   return out
 
 
@@ -476,7 +478,7 @@ def plot_contribution_maps(results: dict, path, max_rows: int = 4) -> None:
     axes[i, 0].set_ylabel(name, fontsize=8)
   fig.suptitle("DINA: average contribution to image-response similarity", fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  files.save_figure(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -498,7 +500,7 @@ def plot_image_maps(result: dict, path) -> None:
   for i, label in enumerate(("image", "grad x act", "occlusion")):
     axes[i, 0].set_ylabel(label, fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  files.save_figure(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -518,5 +520,5 @@ def plot_ablation(ablation: dict, n_way: int, path, *, title: str = "") -> None:
   ax.set_title(title, fontsize=8)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  files.save_figure(fig, path, dpi=110)
   plt.close(fig)

@@ -65,6 +65,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvna import files
 from jaxvna.data import Dataset, readers
 from jaxvna.evaluation import discriminative, disentanglement
 from jaxvna.models import diffusion, migvis
@@ -289,7 +290,7 @@ def plot_grid(sources: np.ndarray, edited: dict, unguided: np.ndarray, group: in
         ax.set_title(name, fontsize=7)
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  files.save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -417,7 +418,7 @@ def visualize(config, workdir, *, force: bool = False) -> dict:
                     f"{results['per_group'][g]['target_shift']:.2f} sd)")
     figures.append(path.name)
   results["figures"] = figures
-  train._write_json(workdir / "visualize.json", results)
+  files.write_json(workdir / "visualize.json", results)
   print(json.dumps({k: results[k] for k in ("target_shift", "offtarget_shift",
                                             "unguided_shift", "target_met")}, indent=1))
   print(f"results: {workdir / 'visualize.json'}   figures: {', '.join(figures)}")

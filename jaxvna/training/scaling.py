@@ -45,6 +45,7 @@ import warnings
 import numpy as np
 from scipy import optimize, special
 
+from jaxvna import files
 from jaxvna.data import Dataset, pipeline
 
 SUPPORTED_METHODS = ("vna", "dina", "direct_encoding", "direct_decoding")
@@ -190,7 +191,7 @@ def train_run(config, workdir: pathlib.Path, dataset: Dataset, *, n_way, width: 
          "error": 1.0 - float(np.mean(list(accuracy.values()))),
          "per_query": {name: {task: s[task].tolist() for task in TASKS}
                        for name, s in successes.items()}}
-  train._write_json(marker, {"config": stored_config, "n_way": n_way, "run": run})
+  files.write_json(marker, {"config": stored_config, "n_way": n_way, "run": run})
   return run
 
 
@@ -332,7 +333,7 @@ def run(config, workdir, *, force: bool = False) -> dict:
          "steps_per_run": config.train.steps,
          "bootstrap_resamples": "held-out images, per subject, shared by tasks and runs",
          **fits[f"{widths[0]:g}"], "width": widths[0], "fits": fits, "runs": rows}
-  train._write_json(workdir / "scaling.json", out)
+  files.write_json(workdir / "scaling.json", out)
   write_csv(rows, workdir / "scaling.csv")
   plot(out, workdir / "scaling.png", title=f"{dataset.name}: {config.method}")
   print(summary_table(out))
@@ -344,13 +345,16 @@ def run(config, workdir, *, force: bool = False) -> dict:
 def write_csv(rows: list[dict], path) -> None:
   fields = ("fraction", "width", "n_train", "decoding_top1", "encoding_top1", "error",
             "error_ci95_low", "error_ci95_high")
-  with open(path, "w", newline="") as f:
+
+  def write(f):
     writer = csv.writer(f)
     writer.writerow(fields)
     for r in rows:
       writer.writerow([r["fraction"], r["width"], r["n_train"], f"{r['decoding_top1']:.6f}",
                        f"{r['encoding_top1']:.6f}", f"{r['error']:.6f}",
                        f"{r['error_ci95'][0]:.6f}", f"{r['error_ci95'][1]:.6f}"])
+
+  files.atomic_write(path, write, "w")
 
 
 def summary_table(out: dict) -> str:
@@ -404,5 +408,5 @@ def plot(out: dict, path, *, title: str = "") -> None:
   ax.set_title(title)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  files.save_figure(fig, path, dpi=120)
   plt.close(fig)

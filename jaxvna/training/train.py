@@ -29,7 +29,8 @@ from jaxvna.data import Dataset, neuron_features, readers
 from jaxvna.data import pipeline
 from jaxvna.evaluation import discriminative
 from jaxvna.models import diffusion, dina, migvis, mivae, towers
-from jaxvna.training import checkpoint, distributed, objectives
+from jaxvna import errors, files
+from jaxvna.training import checkpoint, distributed, objectives, preflight, workdir_lock
 
 # Fields that may change between a run and its resumption (more steps, other evals).
 RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every", "eval",
@@ -39,16 +40,6 @@ RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every", "e
 # ----------------------------------------------------------------------------
 # Workdir and logging
 # ----------------------------------------------------------------------------
-
-def _write_json(path: pathlib.Path, obj: Any) -> None:
-  """Atomic JSON write: a reader sees the old file or the new one, never half of one."""
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
 
 def check_workdir(config, workdir: pathlib.Path, *, force: bool = False) -> None:
   """`checkpoint.check_workdir` for a run of one or several processes.
@@ -97,9 +88,19 @@ def local_copy(tree):
 
 
 class MetricsLog:
-  """Appends one JSON object per logged step to workdir/metrics.jsonl."""
+  """Appends one JSON object per logged step to workdir/metrics.jsonl.
 
-  def __init__(self, path: pathlib.Path):
+  Rows past `after_step` (logged by an earlier attempt after its last checkpoint, and
+  about to be logged again by the resumed run) are dropped first, so each step appears
+  once.
+  """
+
+  def __init__(self, path: pathlib.Path, *, after_step: int = 0):
+    if path.exists():
+      rows = path.read_text().splitlines(keepends=True)
+      kept = [r for r in rows if _logged_step(r) <= after_step]
+      if len(kept) != len(rows):
+        files.write_text(path, "".join(kept))
     self._file = open(path, "a")
 
   def write(self, step: int, metrics: dict) -> None:
@@ -109,6 +110,14 @@ class MetricsLog:
 
   def close(self):
     self._file.close()
+
+
+def _logged_step(row: str) -> float:
+  """The step of a metrics.jsonl row; a torn last row (a kill mid-write) counts as past."""
+  try:
+    return json.loads(row)["step"]
+  except (ValueError, KeyError, TypeError):
+    return float("inf")
 
 
 # ----------------------------------------------------------------------------
@@ -182,9 +191,11 @@ def make_optimizer(config) -> optax.GradientTransformation:
       end_value=o.lr * o.final_lr_fraction)
   tx = optax.chain(optax.clip_by_global_norm(o.clip_norm),
                    optax.adamw(schedule, weight_decay=o.weight_decay))
-  # A NaN/Inf loss or gradient (for example from a corrupt batch) leaves the parameters
-  # as they were and is counted in the optimiser state, reported as `skipped_steps`.
-  return optax.apply_if_finite(tx, max_consecutive_errors=o.max_consecutive_nonfinite)
+  # A NaN/Inf gradient (for example from a corrupt batch) leaves the parameters as they
+  # were and is counted in the optimiser state, reported as `skipped_steps`. The wrapper
+  # never gives up and applies a non-finite update (its counter saturates below this
+  # bound); the loop stops the run after `optim.max_consecutive_nonfinite` skips instead.
+  return optax.apply_if_finite(tx, max_consecutive_errors=np.iinfo(np.int32).max)
 
 
 def _example_batch(config, dataset: Dataset):
@@ -242,7 +253,8 @@ def make_train_step(config, objective, tx):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
-                   skipped_steps=opt_state.total_notfinite)
+                   skipped_steps=opt_state.total_notfinite,
+                   nonfinite_streak=opt_state.notfinite_count)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return jax.jit(train_step, donate_argnums=(0,))
@@ -256,18 +268,30 @@ def train(config, workdir: str | os.PathLike, *, dataset: Dataset | None = None,
           force: bool = False):
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
+  The workdir is held by this run for its whole length (`workdir_lock`); the config and
+  what the data must provide are checked before anything is compiled.
+
   Returns (model, params, dataset).
+
+  Raises:
+    errors.ConfigError, DataError: the config or the data cannot work (nothing written).
+    workdir_lock.WorkdirLockedError: another live run holds the workdir.
+    errors.NonFiniteError: `optim.max_consecutive_nonfinite` steps in a row had
+      non-finite gradients; the checkpoints hold the last finite parameters.
   """
-  from tqdm import auto as tqdm
+  preflight.check_config(config)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  check_workdir(config, workdir, force=force)
-  primary = distributed.is_primary()
+  with workdir_lock.hold(workdir, command=f"train {config.method}"):
+    return _train(config, workdir, dataset=dataset, force=force)
+
+
+def _train(config, workdir: pathlib.Path, *, dataset: Dataset | None, force: bool):
+  from tqdm import auto as tqdm
   dataset = dataset if dataset is not None else load_dataset(config)
   mesh = make_mesh()
-  if config.train.batch_size % mesh.size:
-    raise ValueError(f"config.train.batch_size={config.train.batch_size} is not a multiple of "
-                     f"the {mesh.size} devices")
+  preflight.check_training_data(config, dataset, mesh.size)
+  check_workdir(config, workdir, force=force)
+  primary = distributed.is_primary()
 
   model = make_model(config, dataset)
   tx = make_optimizer(config)
@@ -290,36 +314,68 @@ def train(config, workdir: str | os.PathLike, *, dataset: Dataset | None = None,
   else:
     state = initial_state()
   start = int(state.step)
-  log = MetricsLog(workdir / "metrics.jsonl") if primary else None
+  log = MetricsLog(workdir / "metrics.jsonl", after_step=start) if primary else None
   total = config.train.steps
-  with jax.set_mesh(mesh), tqdm.tqdm(total=total, initial=start, desc=config.method,
-                                     disable=not (config.train.progress_bar and primary)) as bar:
-    for step in range(start + 1, total + 1):
-      state, metrics = step_fn(state, next(batches))
-      # Bound what is in flight: back-to-back sharded steps can stall on CPU collectives.
-      jax.block_until_ready(metrics)
-      bar.update(1)
-      if step % config.train.log_every == 0 or step == total:
-        host = jax.device_get(metrics)  # replicated scalars: every process holds them
-        if log is not None:
-          log.write(step, host)
-        bar.set_postfix(loss=f"{float(host['loss']):.3f}")
-        if not np.isfinite(float(host["loss"])):
-          logging.warning("step %d: non-finite loss; the update was skipped", step)
-      if step % config.train.checkpoint_every == 0 or step == total:
-        ckpt.save(step, state, {"input_state": batches.get_state(), "step": step})
-  ckpt.wait()
-  ckpt.close()
-  if log is not None:
-    log.close()
+  try:
+    with jax.set_mesh(mesh), tqdm.tqdm(total=total, initial=start, desc=config.method,
+                                       disable=not (config.train.progress_bar and primary)
+                                       ) as bar:
+      for step in range(start + 1, total + 1):
+        state, metrics = step_fn(state, next(batches))
+        # Bound what is in flight: back-to-back sharded steps can stall on CPU collectives.
+        jax.block_until_ready(metrics)
+        bar.update(1)
+        streak = int(jax.device_get(metrics["nonfinite_streak"]))
+        if streak >= config.optim.max_consecutive_nonfinite:
+          raise errors.NonFiniteError(nonfinite_message(config, step, streak,
+                                                        jax.device_get(metrics),
+                                                        ckpt.latest_step()))
+        if step % config.train.log_every == 0 or step == total:
+          host = jax.device_get(metrics)  # replicated scalars: every process holds them
+          if log is not None:
+            log.write(step, host)
+          bar.set_postfix(loss=f"{float(host['loss']):.3f}")
+          if streak:
+            logging.warning("step %d: non-finite gradients; the update was skipped", step)
+        if step % config.train.checkpoint_every == 0 or step == total:
+          ckpt.save(step, state, {"input_state": batches.get_state(), "step": step})
+  finally:
+    ckpt.close()  # waits for a save in flight, also when the run stops with an error
+    if log is not None:
+      log.close()
   params = state.params
   summary = {"method": config.method, "steps": int(state.step),
              # Every process takes part: the digest gathers arrays across processes.
              "params_digest": checkpoint.params_digest(params),
              "skipped_steps": int(jax.device_get(state.opt_state.total_notfinite))}
   if primary:
-    _write_json(workdir / "summary.json", summary)
+    files.write_json(workdir / "summary.json", summary)
   return model, params, dataset
+
+
+def nonfinite_message(config, step: int, streak: int, metrics: dict,
+                      checkpoint_step: int | None) -> str:
+  """Why a run stopped after `streak` non-finite steps, and what to check."""
+  bad = sorted(k for k, v in metrics.items()
+               if k not in ("nonfinite_streak", "skipped_steps") and not np.isfinite(v))
+  loss_terms = [k for k in bad if k != "grad_norm"]
+  if loss_terms:
+    cause = f"the loss overflowed (non-finite: {', '.join(loss_terms)})"
+  else:
+    cause = "the gradient overflowed (grad_norm is non-finite) while the loss was finite"
+  kept = (f"the newest checkpoint, step {checkpoint_step}, holds the last finite parameters"
+          if checkpoint_step is not None else "no checkpoint was written")
+  preprocess = config.get("model", {}).get("neural_tower", {}).get("preprocess")
+  fields = [f"data.kind={config.data.kind!r} (responses: huge, NaN or Inf values?)"]
+  if preprocess is not None:
+    fields.append(f"model.neural_tower.preprocess={preprocess!r}")
+  fields += [f"optim.lr={config.optim.lr}", f"optim.clip_norm={config.optim.clip_norm}"]
+  if config.get("model", {}).get("dtype") is not None:
+    fields.append(f"model.dtype={config.model.dtype!r}")
+  return (f"training stopped at step {step}: {streak} steps in a row "
+          f"(config.optim.max_consecutive_nonfinite={config.optim.max_consecutive_nonfinite}) "
+          f"had non-finite gradients and were skipped; {cause}. No non-finite update was "
+          f"applied; {kept}. Check {', '.join(fields)}.")
 
 
 def training_dataset(config, dataset: Dataset) -> Dataset:
@@ -340,10 +396,13 @@ def evaluate(config, model, params, dataset: Dataset, workdir) -> dict:
 
 def train_and_evaluate(config, workdir, *, force: bool = False, dataset: Dataset | None = None):
   """`jaxvna train`: trains, evaluates on held-out images, writes workdir/results.json."""
-  dataset = dataset if dataset is not None else load_dataset(config)
-  model, params, _ = train(config, workdir, dataset=training_dataset(config, dataset),
-                           force=force)
-  return evaluate_and_write(config, model, params, dataset, workdir)
+  preflight.check_config(config)
+  with workdir_lock.hold(workdir, command=f"train {config.method}"):
+    dataset = dataset if dataset is not None else load_dataset(config)
+    preflight.check_evaluation_data(config, dataset)
+    model, params, _ = train(config, workdir, dataset=training_dataset(config, dataset),
+                             force=force)
+    return evaluate_and_write(config, model, params, dataset, workdir)
 
 
 def evaluate_and_write(config, model, params, dataset: Dataset, workdir) -> dict:
@@ -356,7 +415,7 @@ def evaluate_and_write(config, model, params, dataset: Dataset, workdir) -> dict
   results = evaluate(config, model, local_copy(params), dataset, workdir if primary else None)
   out = {"dataset": dataset.name, "results": results}
   if primary:
-    _write_json(pathlib.Path(workdir) / "results.json", out)
+    files.write_json(pathlib.Path(workdir) / "results.json", out)
   return out
 
 
@@ -365,27 +424,37 @@ def restore_latest(config, model, dataset: Dataset, workdir) -> tuple[int, Train
   process's first device (`dataset`: the subjects the run trained on).
 
   Raises:
-    FileNotFoundError: the workdir holds no checkpoint.
+    errors.MissingCheckpointError: the workdir holds no checkpoint (nothing is created).
   """
-  workdir = pathlib.Path(workdir)
+  directory = pathlib.Path(workdir) / "checkpoints"
+  if not directory.is_dir():  # Checked first: opening a Checkpointer creates the folder.
+    raise errors.MissingCheckpointError(f"{directory}: no checkpoint (train in this workdir "
+                                        "first)")
   tx = make_optimizer(config)
   abstract = abstract_state(lambda: init_state(config, model, tx, dataset),
                             jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-  with checkpoint.Checkpointer(workdir / "checkpoints") as ckpt:
+  with checkpoint.Checkpointer(directory) as ckpt:
     restored = ckpt.restore(abstract)
   if restored is None:
-    raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to evaluate")
+    raise errors.MissingCheckpointError(f"{directory}: no checkpoint (train in this workdir "
+                                        "first)")
   step, state, _ = restored
   return step, state
 
 
 def evaluate_workdir(config, workdir):
   """`jaxvna eval`: re-evaluates the latest checkpoint of a finished or interrupted run."""
-  dataset = load_dataset(config)
-  trained_on = training_dataset(config, dataset)
-  model = make_model(config, trained_on)
-  _, state = restore_latest(config, model, trained_on, workdir)
-  return evaluate_and_write(config, model, state.params, dataset, workdir)
+  preflight.check_config(config)
+  if not (pathlib.Path(workdir) / "checkpoints").is_dir():
+    raise errors.MissingCheckpointError(f"{workdir}: no checkpoint to evaluate (train in "
+                                        "this workdir first)")
+  with workdir_lock.hold(workdir, command="eval"):
+    dataset = load_dataset(config)
+    preflight.check_evaluation_data(config, dataset)
+    trained_on = training_dataset(config, dataset)
+    model = make_model(config, trained_on)
+    _, state = restore_latest(config, model, trained_on, workdir)
+    return evaluate_and_write(config, model, state.params, dataset, workdir)
 
 
 # ----------------------------------------------------------------------------
@@ -397,20 +466,31 @@ BASELINES = ("direct_encoding", "direct_decoding")
 
 def demo(config, workdir, *, force: bool = False) -> dict:
   """Trains VNA and both direct baselines, fits Gabor-ridge, prints and plots the table."""
+  preflight.check_config(config)
   workdir = pathlib.Path(workdir)
+  with workdir_lock.hold(workdir, command="demo"):
+    return _demo(config, workdir, force=force)
+
+
+def _demo(config, workdir: pathlib.Path, *, force: bool) -> dict:
   dataset = load_dataset(config)
-  results = {}
+  preflight.check_evaluation_data(config, dataset)
+  method_configs = {}
   for method in ("vna",) + BASELINES:
-    method_config = config.copy_and_resolve_references()
-    with method_config.unlocked():
-      method_config.method = method
+    method_configs[method] = config.copy_and_resolve_references()
+    with method_configs[method].unlocked():
+      method_configs[method].method = method
+    # Before any training: a baseline the data cannot train would fail only at its turn.
+    preflight.check_training_data(method_configs[method], dataset, jax.device_count())
+  results = {}
+  for method, method_config in method_configs.items():
     out = train_and_evaluate(method_config, workdir / method, force=force, dataset=dataset)
     results[method] = out["results"][method]
   if config.eval.gabor_ridge:
     results["gabor_ridge"] = discriminative.evaluate_gabor_ridge(config, dataset)
   out = {"dataset": dataset.name, "results": results}
   if distributed.is_primary():
-    _write_json(workdir / "results.json", out)
+    files.write_json(workdir / "results.json", out)
     print(results_table(results))
     plot_results(results, workdir / "demo.png", title=f"{dataset.name}: held-out images")
     print(f"\nresults: {workdir / 'results.json'}   plot: {workdir / 'demo.png'}")
@@ -459,5 +539,5 @@ def plot_results(results: dict, path, *, title: str = "") -> None:
   axes[1].legend()
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  files.save_figure(fig, path, dpi=120)
   plt.close(fig)

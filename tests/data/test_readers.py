@@ -12,6 +12,7 @@ from PIL import Image
 
 from jaxvna.data import readers
 from jaxvna.data.dataset import SPLITS, DataError, Dataset, Recording
+from jaxvna.errors import RefusedPathError
 
 
 def raises(*parts):
@@ -466,6 +467,37 @@ def test_npz_bad_inputs(tmp_path):
     readers.read_npz(tmp_path / "junk.npz")
   with raises("no paths given"):
     readers.read_npz([])
+
+
+def test_write_npz_replaces_only_archives_it_wrote(tmp_path):
+  rec = small_recording()
+  path = readers.write_npz(rec, tmp_path / "mine.npz")
+  with np.load(path) as archive:
+    assert int(archive[readers.NPZ_MARKER]) == readers.NPZ_FORMAT  # the mark it checks
+  assert readers.read_npz(path)["mouse1"].num_images == 6  # the mark is no field
+  np.savez(tmp_path / "theirs.npz", images=rec.images, responses=rec.responses)
+  (tmp_path / "notes.txt").write_bytes(b"not an archive")
+  (tmp_path / "folder.npz").mkdir()
+  before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+  for name, found in (("theirs.npz", "a file of"), ("notes.txt", "a file of 14 bytes"),
+                      ("folder.npz", "an empty folder")):
+    with pytest.raises(RefusedPathError, match=re.escape(
+        f"{tmp_path / name}: refusing to replace {found}")):
+      readers.write_npz(rec, tmp_path / name)
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      "folder.npz", "mine.npz", "notes.txt", "theirs.npz"]  # no temporary left
+
+
+def test_read_npz_of_a_folder_says_it_is_a_folder(tmp_path):
+  with raises(tmp_path, "is a folder; expected a .npz file (one per recording)"):
+    readers.read_npz(tmp_path)
+  readers.write_npz(small_recording(), tmp_path / "a.npz")
+  with raises(tmp_path, "is a folder", "to read the 1 .npz files in it, pass them as a list"):
+    readers.read_npz(tmp_path)
+  with raises(tmp_path, "is a folder"):
+    readers.read_npz([tmp_path / "a.npz", tmp_path])
+  assert readers.read_npz([tmp_path / "a.npz"])["mouse1"].num_images == 6
 
 
 def test_write_npz_missing_folder(tmp_path):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import sys
 
 import jax
@@ -11,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from jaxvna.data import pipeline, tfds_builders
 from jaxvna.data.dataset import DataError, Dataset, Recording
+from jaxvna.errors import RefusedPathError
 
 tfds.disable_progress_bar()
 
@@ -258,6 +260,44 @@ def test_incomplete_folder_is_rebuilt_and_complete_one_reused(tmp_path, fake_rea
   assert len(calls) == 2
   assert_datasets_equal(dataset, tfds_builders.read_prepared(path))
   assert [p.name for p in path.parent.iterdir()] == ["1.0.0"]
+
+
+def snapshot(folder):
+  """{relative path: bytes (None for a folder)} of everything under `folder`."""
+  return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+          for p in sorted(folder.rglob("*"))}
+
+
+def test_prepare_refuses_a_destination_it_did_not_write(tmp_path, fake_reader):
+  dataset, calls = fake_reader
+  path = tfds_builders.prepared_dir("npz", tmp_path)
+  path.mkdir(parents=True)
+  (path / "results.csv").write_bytes(b"a,b\n1,2\n")
+  (path / "dataset_info.json").write_text("{}")
+  before = snapshot(tmp_path)
+  with pytest.raises(RefusedPathError, match=re.escape(
+      f"{path}: refusing to replace a folder holding 2 entries (dataset_info.json, "
+      "results.csv) (not a copy's: results.csv): it is not a prepared jaxvna dataset")):
+    tfds_builders.prepare("npz", tmp_path, reader_kwargs={})
+  assert not calls and snapshot(tmp_path) == before  # refused before reading anything
+  for p in path.iterdir():
+    p.unlink()
+  path.rmdir()
+  path.write_bytes(b"a file")
+  with pytest.raises(RefusedPathError, match=re.escape(f"{path}: refusing to replace a file")):
+    tfds_builders.prepare("npz", tmp_path, reader_kwargs={})
+  assert path.read_bytes() == b"a file" and not calls
+
+  # A complete copy with a user's file in it is read, but never rebuilt over.
+  path.unlink()
+  assert tfds_builders.prepare("npz", tmp_path, reader_kwargs={}) == path
+  (path / "notes.txt").write_bytes(b"mine")
+  before = snapshot(tmp_path)
+  assert tfds_builders.prepare("npz", tmp_path, reader_kwargs={}) == path
+  with pytest.raises(RefusedPathError, match=r"8 entries \(.*\) \(not a copy's: notes.txt\)"):
+    tfds_builders.prepare("npz", tmp_path, reader_kwargs={}, overwrite=True)
+  assert snapshot(tmp_path) == before and len(calls) == 1
+  assert_datasets_equal(dataset, tfds_builders.read_prepared(path))
 
 
 def test_configs_are_named_by_reader_kwargs():

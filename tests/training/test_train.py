@@ -1,6 +1,7 @@
 """The trainer end to end on a tiny simulator: learning, the single step's NaN guard,
 kill -9 + resume reproducibility, restore onto another device count, workdir guard."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -22,23 +23,8 @@ TINY_DATA = dict(seed=0, num_subjects=2, num_images=600, image_size=32,
 
 
 def tiny_config(method="vna", steps=60):
-  c = vna_sim.get_config(method)
-  c.data.kwargs = dict(TINY_DATA)
-  c.model.embed_dim = 32
-  c.model.image_tower = dict(type="mlp", channels=(8, 16), front_end=None, hidden=(128,))
-  c.model.neural_tower = dict(readin_dim=32, hidden=(64,), neuron_dropout=0.1,
-                              preprocess="log1p")
-  c.model.decoder_size = 8
-  c.optim.warmup_steps = 5
-  c.optim.lr = 3e-3
+  c = vna_sim.get_config(f"{method},tiny")
   c.train.steps = steps
-  c.train.batch_size = 64
-  c.train.checkpoint_every = 10
-  c.train.log_every = 10
-  c.train.progress_bar = False
-  c.eval.n_ways = (2, 10)
-  c.eval.draws = 50
-  c.eval.gabor_ridge = False
   return c
 
 
@@ -237,3 +223,63 @@ def test_features_tower_trains_on_precomputed_image_features(tmp_path, tiny_data
     assert res[task]["10"]["top1"] > 0.2, res[task]["10"]
   with pytest.raises(ValueError, match="image_features"):
     train.train(config, tmp_path / "no_features", dataset=tiny_dataset)
+
+
+def test_all_non_finite_data_stops_the_run_and_writes_no_non_finite_parameter(tmp_path,
+                                                                              tiny_dataset):
+  """Responses of 1e38 and more without preprocessing overflow every step: the run stops
+  with a clear error after optim.max_consecutive_nonfinite steps, and every checkpoint
+  written holds finite parameters (the trainer once applied the NaN update and exited 0)."""
+  from jaxvna.data.dataset import Dataset
+  from jaxvna.errors import NonFiniteError
+  huge = Dataset(tiny_dataset.name, tuple(
+      dataclasses.replace(r, responses=np.minimum(1e38 * (1 + r.responses.astype(np.float64)), 3e38)
+                          .astype(np.float32)) for r in tiny_dataset.recordings))
+  config = tiny_config(steps=40)
+  config.model.neural_tower.preprocess = "none"
+  config.optim.max_consecutive_nonfinite = 5
+  config.train.checkpoint_every = 2
+  with pytest.raises(NonFiniteError) as error:
+    train.train(config, tmp_path, dataset=huge)
+  message = str(error.value)
+  assert "training stopped at step 5: 5 steps in a row" in message
+  assert "loss overflowed" in message and "newest checkpoint, step 4" in message
+  assert "model.neural_tower.preprocess='none'" in message and "optim.lr" in message
+  assert not (tmp_path / "summary.json").exists()
+  with checkpoint.Checkpointer(tmp_path / "checkpoints") as ckpt:
+    assert ckpt.all_steps() == [2, 4]
+  step, state = train.restore_latest(config, train.make_model(config, huge), huge, tmp_path)
+  assert step == 4 and int(state.opt_state.total_notfinite) == 4  # skipped, not applied
+  for leaf in jax.tree.leaves(state.params):
+    assert np.isfinite(np.asarray(leaf)).all()
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_dataset):
+  config = tiny_config(steps=20)
+  config.train.log_every = 5
+  train.train(config, tmp_path, dataset=tiny_dataset)
+  log = tmp_path / "metrics.jsonl"
+  # An attempt killed at step 30, after its last checkpoint (20), logged 25 and 30 and
+  # tore its last row.
+  log.write_text(log.read_text() + '{"step": 25, "loss": 1.0}\n{"step": 30, "loss": 1.0}\n'
+                 '{"step": 3')
+  config.train.steps = 30
+  train.train(config, tmp_path, dataset=tiny_dataset)
+  steps = [json.loads(l)["step"] for l in log.read_text().splitlines()]
+  assert steps == [5, 10, 15, 20, 25, 30]
+
+
+def test_eval_of_an_empty_workdir_says_so_and_creates_nothing(tmp_path):
+  from jaxvna.errors import MissingCheckpointError
+  config = tiny_config()
+  with pytest.raises(MissingCheckpointError, match="no checkpoint"):
+    train.evaluate_workdir(config, tmp_path)
+  assert list(tmp_path.iterdir()) == []
+  p = _cli(["eval", "--config=" + vna_sim.__file__ + ":vna,tiny", f"--workdir={tmp_path}"])
+  out, _ = p.communicate(timeout=300)
+  assert p.returncode == 2
+  assert out.strip().splitlines()[-1] == (
+      f"jaxvna eval: error: {tmp_path}: no checkpoint to evaluate (train in this workdir "
+      "first)"), out[-3000:]
+  assert "Traceback" not in out
+  assert list(tmp_path.iterdir()) == []
