@@ -71,11 +71,6 @@ def _main(command: str, flags_values) -> int:
   from absl import logging
   if not flags_values["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every step at INFO
-  config = flags_values.config
-  if config is None:
-    raise SystemExit(f"jaxvna {command}: --config is required")
-  from jaxvna.training import preflight
-  preflight.check_config(config)  # before any data is read or anything compiled
   from jaxvna.training import distributed
   # Before any JAX computation: processes must join before the backends start.
   try:
@@ -84,6 +79,11 @@ def _main(command: str, flags_values) -> int:
         auto=flags_values.distributed, local_device_count=flags_values.local_device_count)
   except ValueError as error:
     raise SystemExit(f"jaxvna {command}: {error}") from None
+  config = flags_values.config
+  if config is None:
+    raise SystemExit(f"jaxvna {command}: --config is required")
+  from jaxvna.training import preflight
+  preflight.check_config(config)  # before any data is read or anything compiled
   distributed.initialize(settings)
   if command in WORKDIR_COMMANDS:
     from jaxvna.training import workdir_lock

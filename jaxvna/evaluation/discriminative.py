@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxvna import errors
 from jaxvna.data import Dataset, Recording
 from jaxvna.evaluation import identification, predictivity
 
@@ -80,7 +81,7 @@ def representations(config, model, params, rec: Recording, subject: int, k_max: 
     out.update(image_repr=np.asarray(target), mean_repr=reconstruct(out["mean_repr"]),
                trial_repr=reconstruct(trials))
   else:
-    raise ValueError(f"config.method: unknown {config.method!r}")
+    raise errors.ConfigError(f"config.method: unknown {config.method!r}")
   return out
 
 

@@ -31,6 +31,7 @@ import pathlib
 import numpy as np
 from scipy import ndimage
 
+from jaxvna import errors
 from jaxvna.data import Dataset, neuron_features
 from jaxvna.evaluation import discriminative, identifiability, identification
 
@@ -41,11 +42,11 @@ def split_subjects(config, dataset: Dataset) -> tuple[Dataset, tuple[str, ...]]:
   holdout = tuple(config.mivae.holdout_subjects)
   unknown = [h for h in holdout if h not in names]
   if unknown:
-    raise ValueError(f"config.mivae.holdout_subjects: {unknown} are not recordings of "
+    raise errors.ConfigError(f"config.mivae.holdout_subjects: {unknown} are not recordings of "
                      f"{dataset.name} ({names})")
   kept = [n for n in names if n not in holdout]
   if not kept:
-    raise ValueError("config.mivae.holdout_subjects: every subject is held out; none to train on")
+    raise errors.ConfigError("config.mivae.holdout_subjects: every subject is held out; none to train on")
   return dataset.select(kept), holdout
 
 
@@ -57,7 +58,7 @@ def axis_rotation(config, params, train_ds: Dataset) -> np.ndarray | None:
   if kind is None:
     return None
   if kind != "varimax":
-    raise ValueError(f"config.mivae.rotate_axes: unknown {kind!r}; expected 'varimax' or None")
+    raise errors.ConfigError(f"config.mivae.rotate_axes: unknown {kind!r}; expected 'varimax' or None")
   loadings = np.asarray(params["neural_decoder"]["loadings"])
   stacked = np.concatenate([loadings[s, :k] for s, k in enumerate(train_ds.neuron_counts)])
   return mivae.varimax(stacked).astype(np.float32)

@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvna import files
+from jaxvna import errors, files
 from jaxvna.data import Dataset
 from jaxvna.evaluation import discriminative, identifiability, identification
 
@@ -298,7 +298,7 @@ def ablation_fill(kind: str, responses: np.ndarray) -> np.ndarray:
     return responses.mean(axis=0)
   if kind == "zero":
     return np.zeros(responses.shape[1], np.float32)
-  raise ValueError(f"interpret.ablation_fill: unknown {kind!r}; expected 'mean'|'zero'")
+  raise errors.ConfigError(f"interpret.ablation_fill: unknown {kind!r}; expected 'mean'|'zero'")
 
 
 def _decoding_top1(neu: np.ndarray, img: np.ndarray, config) -> float:
@@ -435,7 +435,7 @@ def run(config, workdir, *, force: bool = False) -> dict:
   writes workdir/interpret.json."""
   from jaxvna.training import train
   if config.method != "dina":
-    raise ValueError(f"jaxvna interpret explains DINA models; config.method is "
+    raise errors.ConfigError(f"jaxvna interpret explains DINA models; config.method is "
                      f"{config.method!r} (use e.g. configs/dina_sim.py)")
   model, params, dataset = train.train(config, workdir, force=force)
   out = interpret(config, model, params, dataset, workdir)

@@ -65,7 +65,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvna import files
+from jaxvna import errors, files
 from jaxvna.data import Dataset, readers
 from jaxvna.evaluation import discriminative, disentanglement
 from jaxvna.models import diffusion, migvis
@@ -120,11 +120,11 @@ def response_model(config, workdir, dataset: Dataset, simulator_model, force: bo
   readout = config.eval.migvis.readout
   if readout == "simulator":
     if simulator_model is None:
-      raise ValueError("eval.migvis.readout='simulator' needs data.kind='simulator'")
+      raise errors.ConfigError("eval.migvis.readout='simulator' needs data.kind='simulator'")
     return lambda images: [simulator_model.rates(s, images)
                            for s in range(len(dataset.recordings))]
   if readout != "direct_encoding":
-    raise ValueError(f"eval.migvis.readout: unknown {readout!r}; expected one of {READOUTS}")
+    raise errors.ConfigError(f"eval.migvis.readout: unknown {readout!r}; expected one of {READOUTS}")
   from jaxvna.training import train
   model, params, _ = train.train(stage_config(config, "direct_encoding"),
                                  pathlib.Path(workdir) / "direct_encoding", dataset=dataset,
@@ -170,10 +170,10 @@ class Editor:
   def __init__(self, unet, unet_params, critic, critic_params, config):
     d, ev = config.diffusion, config.eval.migvis
     if ev.guidance not in GUIDANCES:
-      raise ValueError(f"eval.migvis.guidance: unknown {ev.guidance!r}; expected one of "
+      raise errors.ConfigError(f"eval.migvis.guidance: unknown {ev.guidance!r}; expected one of "
                        f"{GUIDANCES}")
     if ev.start not in diffusion.STARTS:
-      raise ValueError(f"eval.migvis.start: unknown {ev.start!r}; expected one of "
+      raise errors.ConfigError(f"eval.migvis.start: unknown {ev.start!r}; expected one of "
                        f"{diffusion.STARTS}")
     alpha_bar = diffusion.noise_schedule(d.schedule, d.num_timesteps)
     t0 = int(round(ev.t0 * (d.num_timesteps - 1)))

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvna import losses
+from jaxvna import errors, losses
 from jaxvna.models import mivae, towers
 
 METHODS = ("group_vae", "critic")
@@ -347,7 +347,7 @@ def build_model(config, num_neurons_per_subject) -> Any:
     return build_group_vae(config, num_neurons_per_subject)
   if config.method == "critic":
     return build_critic(config)
-  raise ValueError(f"migvis: unknown method {config.method!r}; expected one of {METHODS}")
+  raise errors.ConfigError(f"migvis: unknown method {config.method!r}; expected one of {METHODS}")
 
 
 def make_critic_objective(config, model: MICritic, mesh):

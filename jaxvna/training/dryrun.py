@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxvna import errors
 from jaxvna.data import Dataset, readers
 from jaxvna.training import bench, objectives, train
 
@@ -156,7 +157,7 @@ def run(config, devices: int = 8, *, dataset: Dataset | None = None) -> dict:
   """
   global_batch = config.train.batch_size
   if global_batch % devices:
-    raise ValueError(f"config.train.batch_size={global_batch} is not a multiple of the "
+    raise errors.ConfigError(f"config.train.batch_size={global_batch} is not a multiple of the "
                      f"{devices} devices (per-device batches must be equal)")
   mesh = make_mesh(devices)
   dataset = train.training_dataset(config, dataset if dataset is not None

@@ -14,7 +14,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxvna import losses
+from jaxvna import errors, losses
 from jaxvna.models import diffusion, dina, migvis, mivae, towers
 
 Objective = Callable[..., tuple[jax.Array, dict]]
@@ -69,7 +69,7 @@ def image_input(config, batch):
   if not uses_image_features(config):
     return batch["image"]
   if "image_features" not in batch:
-    raise ValueError("config.model.image_tower.type='features' needs datasets whose "
+    raise errors.ConfigError("config.model.image_tower.type='features' needs datasets whose "
                      "recordings carry image_features (e.g. the npz field 'image_features')")
   return batch["image_features"]
 
@@ -108,7 +108,7 @@ def make_objective(config, model, mesh, *, neuron_table=None) -> Objective:
         loss = losses.sigmoid_loss(img_emb, neu_emb, temperature, bias, mesh=mesh,
                                    impl=loss_cfg.impl)
       else:
-        raise ValueError(f"config.loss.type: unknown {loss_cfg.type!r}; expected clip|sigmoid")
+        raise errors.ConfigError(f"config.loss.type: unknown {loss_cfg.type!r}; expected clip|sigmoid")
       return loss, {"loss": loss, "temperature": temperature}
     return vna
 
@@ -124,7 +124,7 @@ def make_objective(config, model, mesh, *, neuron_table=None) -> Objective:
       elif kind == "mse":
         loss = masked_mse(rates, batch["response"], batch["neuron_mask"])
       else:
-        raise ValueError(f"config.baseline.encoding_loss: unknown {kind!r}; expected poisson|mse")
+        raise errors.ConfigError(f"config.baseline.encoding_loss: unknown {kind!r}; expected poisson|mse")
       return loss, {"loss": loss}
     return direct_encoding
 
@@ -140,11 +140,11 @@ def make_objective(config, model, mesh, *, neuron_table=None) -> Objective:
       elif kind == "correlation":
         loss = negative_correlation(recon, target)
       else:
-        raise ValueError(f"config.baseline.decoding_loss: unknown {kind!r}; expected mse|correlation")
+        raise errors.ConfigError(f"config.baseline.decoding_loss: unknown {kind!r}; expected mse|correlation")
       return loss, {"loss": loss}
     return direct_decoding
 
-  raise ValueError(f"config.method: unknown {method!r}; expected "
+  raise errors.ConfigError(f"config.method: unknown {method!r}; expected "
                    f"vna|direct_encoding|direct_decoding|mivae|dina|group_vae|critic|diffusion")
 
 
@@ -152,7 +152,7 @@ def _dina_objective(config, model: dina.DINA, mesh) -> Objective:
   """The DINA loss: sum over levels l of level_weights[l] * clip(img_l, neu_l, temperature_l),
   every term through `losses.clip_loss` on the same mesh, in one step."""
   if config.loss.type != "clip":
-    raise ValueError(f"method 'dina' trains with config.loss.type='clip', got {config.loss.type!r}")
+    raise errors.ConfigError(f"method 'dina' trains with config.loss.type='clip', got {config.loss.type!r}")
 
   def dina_loss(params, batch, rng, step=None):
     img, neu, temperatures = model.apply({"params": params}, batch["image"], batch["response"],

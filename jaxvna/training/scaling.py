@@ -45,7 +45,7 @@ import warnings
 import numpy as np
 from scipy import optimize, special
 
-from jaxvna import files
+from jaxvna import errors, files
 from jaxvna.data import Dataset, pipeline
 
 SUPPORTED_METHODS = ("vna", "dina", "direct_encoding", "direct_decoding")
@@ -288,17 +288,17 @@ def fit_with_bootstrap(n, error, boot_errors, *, curve_points: int = 50) -> dict
 def _check(config):
   s = config.scaling
   if config.method not in SUPPORTED_METHODS:
-    raise ValueError(f"config.method: scaling supports {SUPPORTED_METHODS}, got "
+    raise errors.ConfigError(f"config.method: scaling supports {SUPPORTED_METHODS}, got "
                      f"{config.method!r}")
   fractions = tuple(float(f) for f in s.fractions)
   if len(set(fractions)) < 3 or not all(0 < f <= 1 for f in fractions):
-    raise ValueError(f"scaling.fractions: need at least 3 distinct fractions in (0, 1] to "
+    raise errors.ConfigError(f"scaling.fractions: need at least 3 distinct fractions in (0, 1] to "
                      f"fit a * n**exponent + c, got {fractions}")
   widths = tuple(float(w) for w in s.widths)
   if not widths or min(widths) <= 0:
-    raise ValueError(f"scaling.widths: expected positive multipliers, got {widths}")
+    raise errors.ConfigError(f"scaling.widths: expected positive multipliers, got {widths}")
   if s.bootstrap < 200:
-    raise ValueError(f"scaling.bootstrap: expected at least 200 replicates, got {s.bootstrap}")
+    raise errors.ConfigError(f"scaling.bootstrap: expected at least 200 replicates, got {s.bootstrap}")
   return sorted(set(fractions)), widths
 
 

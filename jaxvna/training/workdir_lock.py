@@ -255,7 +255,18 @@ def _own(name: str) -> bool:
 
 
 def _is_legacy(path: pathlib.Path) -> bool:
-  """True for a workdir of a jaxvna run from before the marker file."""
+  """True for a workdir of a jaxvna run from before the marker file: one run's, or that of
+  a command whose runs live in subfolders (`demo`: vna/, ...; `visualize`, `scaling`)."""
+  if _is_legacy_run(path):
+    return True
+  try:
+    return any(entry.is_dir() and _is_legacy_run(pathlib.Path(entry.path))
+               for entry in os.scandir(path))
+  except OSError:
+    return False
+
+
+def _is_legacy_run(path: pathlib.Path) -> bool:
   try:
     with open(path / "config.json") as f:
       config = json.load(f)

@@ -285,15 +285,17 @@ def test_empty_and_missing_folders_are_claimed_with_the_marker(tmp_path):
     assert workdir_lock.is_jaxvna_workdir(folder)
 
 
-@pytest.mark.parametrize("legacy", ["config", "checkpoints"])
+@pytest.mark.parametrize("legacy", ["config", "checkpoints", "demo"])
 def test_workdir_of_an_earlier_jaxvna_run_is_accepted_and_marked(tmp_path, legacy):
   workdir = tmp_path / "run"
   workdir.mkdir()
   (workdir / "metrics.jsonl").write_text('{"step": 1}\n')
   if legacy == "config":
     (workdir / "config.json").write_text(json.dumps({"method": "vna", "train": {}}))
-  else:
+  elif legacy == "checkpoints":
     (workdir / "checkpoints" / "100").mkdir(parents=True)
+  else:  # `jaxvna demo`: results at the top, one run per method in subfolders
+    (workdir / "vna" / "checkpoints" / "600").mkdir(parents=True)
   assert workdir_lock.is_jaxvna_workdir(workdir)
   with workdir_lock.hold(workdir):
     pass
