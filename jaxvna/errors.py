@@ -19,7 +19,8 @@ class RefusedPathError(UserError, FileExistsError):
 
 
 class NonFiniteError(UserError, FloatingPointError):
-  """Training produced non-finite losses or gradients too many steps in a row."""
+  """Non-finite numbers where they must not be: losses or gradients too many training steps
+  in a row, or parameters about to be saved."""
 
 
 class MissingCheckpointError(UserError, FileNotFoundError):

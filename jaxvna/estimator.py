@@ -454,7 +454,7 @@ class VNA:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                             abstract)
-    with checkpoint.Checkpointer(path / _PARAMS_DIR, max_to_keep=None) as ckpt:
+    with checkpoint.Checkpointer(path / _PARAMS_DIR, max_to_keep=None, create=False) as ckpt:
       restored = ckpt.restore(abstract)
     if restored is None:
       raise FileNotFoundError(f"{path / _PARAMS_DIR}: no saved parameters")

@@ -427,13 +427,10 @@ def restore_latest(config, model, dataset: Dataset, workdir) -> tuple[int, Train
     errors.MissingCheckpointError: the workdir holds no checkpoint (nothing is created).
   """
   directory = pathlib.Path(workdir) / "checkpoints"
-  if not directory.is_dir():  # Checked first: opening a Checkpointer creates the folder.
-    raise errors.MissingCheckpointError(f"{directory}: no checkpoint (train in this workdir "
-                                        "first)")
   tx = make_optimizer(config)
   abstract = abstract_state(lambda: init_state(config, model, tx, dataset),
                             jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-  with checkpoint.Checkpointer(directory) as ckpt:
+  with checkpoint.Checkpointer(directory, create=False) as ckpt:
     restored = ckpt.restore(abstract)
   if restored is None:
     raise errors.MissingCheckpointError(f"{directory}: no checkpoint (train in this workdir "

@@ -1,22 +1,29 @@
-"""Tests of jaxvna.training.checkpoint: round trips, retention, damaged and unfinished
-checkpoints, a save killed by SIGKILL, restoring onto another mesh, digests, workdir guard."""
+"""Tests of jaxvna.training.checkpoint: round trips, retention, per-shard checksums (and
+the earlier whole-leaf format), damaged and unfinished checkpoints, a save killed by SIGKILL,
+restoring onto another mesh, non-finite states, read-only opening, digests, workdir guard."""
 
 import glob
+import hashlib
 import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
+from jaxvna.errors import NonFiniteError
 from jaxvna.training import checkpoint as ckpt_lib
 from jaxvna.training.checkpoint import (CheckpointError, CheckpointFallbackWarning,
                                         Checkpointer, WorkdirConfigError, check_workdir,
@@ -114,8 +121,9 @@ def test_keeps_only_the_newest_steps(tmp_path):
 def test_save_interval_skips_steps_unless_forced(tmp_path, monkeypatch):
   state = _put(_host_state(0), _mesh(8))
   records = []
-  monkeypatch.setattr(ckpt_lib, "_integrity_record",
-                      lambda s: records.append(1) or {"leaves": []})
+  start_copies = ckpt_lib._start_shard_copies
+  monkeypatch.setattr(ckpt_lib, "_start_shard_copies",
+                      lambda s: records.append(1) or start_copies(s))
   with Checkpointer(tmp_path, save_interval_steps=10) as ckpt:
     assert not ckpt.save(5, state, {})
     assert ckpt.save(10, state, {})
@@ -171,7 +179,10 @@ def _garble_array_metadata(step_dir):
 
 def _flip_bytes_inside_chunk(step_dir):
   # tensorstore reads such a chunk without complaint; only the sha256 record notices.
-  path = _data_files(step_dir)[-1]
+  _flip_bytes_inside_chunk_of(_data_files(step_dir)[-1])
+
+
+def _flip_bytes_inside_chunk_of(path):
   with open(path, "r+b") as f:
     f.seek(os.path.getsize(path) // 2)
     chunk = f.read(8)
@@ -305,6 +316,385 @@ def test_restores_state_saved_on_8_devices_onto_another_layout(tmp_path, target)
   kernel = state["params"]["dense"]["kernel"]
   assert kernel.sharding == want_kernel_sharding
   assert len(kernel.sharding.device_set) == (2 if target == "mesh2" else 1)
+
+
+# --- Per-shard checksums ---------------------------------------------------------------
+
+
+def _records(step_dir):
+  return {p.name: json.loads(p.read_text())
+          for p in pathlib.Path(step_dir, ckpt_lib.CHECKSUMS_ITEM).glob("process_*.json")}
+
+
+def test_checksums_are_written_per_process_and_name_shard_indices(tmp_path):
+  _save_steps(tmp_path, [1], _mesh(8))
+  records = _records(tmp_path / "1")
+  assert list(records) == ["process_0.json"]
+  record = records["process_0.json"]
+  assert (record["format"], record["process_index"], record["process_count"]) == (
+      ckpt_lib.CHECKSUMS_FORMAT, 0, 1)
+  assert not (tmp_path / "1" / ckpt_lib.LEGACY_INTEGRITY_ITEM).exists()
+  host = _host_state(1)
+  by_path = {}
+  for shard in record["shards"]:
+    by_path.setdefault(shard["path"], []).append(shard)
+  kernel = by_path["['params']['dense']['kernel']"]
+  # Split over 8 devices: one record per distinct shard, named by its global bounds.
+  assert sorted(tuple(map(tuple, s["index"])) for s in kernel) == [
+      ((32 * i, 32 * (i + 1)), (0, 32)) for i in range(8)]
+  for shard in kernel:
+    (r0, r1), _ = shard["index"]
+    assert (shard["dtype"], shard["shape"]) == ("float32", [256, 32])
+    assert shard["sha256"] == ckpt_lib._sha256(host["params"]["dense"]["kernel"][r0:r1])
+  # Replicated over 8 devices: one record (replica 0) of the whole array.
+  bias = by_path["['params']['dense']['bias']"]
+  assert [(s["dtype"], s["shape"], s["index"]) for s in bias] == [("bfloat16", [6], [[0, 6]])]
+  assert bias[0]["sha256"] == ckpt_lib._sha256(host["params"]["dense"]["bias"])
+  assert [(s["shape"], s["index"]) for s in by_path["['opt_count']"]] == [([], [])]
+  assert len(record["shards"]) == 8 + 3
+
+
+def test_save_hashes_in_the_background_and_never_gathers(tmp_path, monkeypatch):
+  from jax.experimental import multihost_utils
+  def refuse(*args, **kwargs):
+    raise AssertionError("save must not gather arrays across processes")
+  monkeypatch.setattr(multihost_utils, "process_allgather", refuse)
+  threads = []
+  sha256 = ckpt_lib._sha256
+  monkeypatch.setattr(ckpt_lib, "_sha256",
+                      lambda a: threads.append(threading.current_thread()) or sha256(a))
+  mesh = _mesh(8)
+  with Checkpointer(tmp_path) as ckpt:
+    assert ckpt.save(1, _put(_host_state(1), mesh), {"step": 1})
+    ckpt.wait()
+    assert threads and threading.main_thread() not in threads
+    step, state, _ = ckpt.restore(_abstract(_host_state(0), mesh))
+  assert step == 1
+  _assert_state_equal(state, _host_state(1))
+
+
+def test_accelerator_path_copies_shards_to_pinned_host_memory(tmp_path, monkeypatch):
+  # What accelerators do (CPU devices offer a "pinned_host" memory too): the copies are
+  # arrays of their own, so the caller may delete or donate the state after `save`.
+  monkeypatch.setattr(ckpt_lib, "_is_host_memory", lambda device: False)
+  mesh = _mesh(8)
+  state = _put(_host_state(5), mesh)
+  pending = ckpt_lib._start_shard_copies(state)
+  assert len(pending) == 8 + 3
+  assert all(isinstance(p.data, jax.Array) and p.data.sharding.memory_kind == "pinned_host"
+             for p in pending)
+  with Checkpointer(tmp_path) as ckpt:
+    assert ckpt.save(5, state, {"step": 5})
+    jax.tree.map(lambda x: x.delete(), state)
+    ckpt.wait()
+    step, restored, _ = ckpt.restore(_abstract(_host_state(0), mesh))
+  assert step == 5
+  _assert_state_equal(restored, _host_state(5))
+
+
+@pytest.mark.parametrize("target", ["mesh8", "mesh2", "replicated", "single_device"])
+def test_flipped_byte_is_caught_whatever_the_restored_layout(tmp_path, target):
+  _save_steps(tmp_path, [1, 2], _mesh(8))
+  _flip_bytes_inside_chunk(str(tmp_path / "2"))
+  if target == "replicated":
+    mesh = _mesh(4)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        np.shape(x), np.asarray(x).dtype, sharding=NamedSharding(mesh, P())), _host_state(0))
+  elif target == "single_device":
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        np.shape(x), np.asarray(x).dtype, sharding=SingleDeviceSharding(jax.devices()[5])),
+                            _host_state(0))
+  else:
+    abstract = _abstract(_host_state(0), _mesh(8 if target == "mesh8" else 2))
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.warns(CheckpointFallbackWarning,
+                      match=r"step 2 .*CorruptCheckpointError: leaf \['params'\]\['dense'\]"
+                            r"\['kernel'\] .*shard .*previous step"):
+      step, state, _ = ckpt.restore(abstract)
+  assert step == 1
+  _assert_state_equal(state, _host_state(1))
+
+
+def test_restoring_onto_a_finer_split_checks_every_shard_in_one_process(tmp_path):
+  # Saved on 2 devices, restored on 8: no restored shard holds a saved one, but the
+  # process holds the whole array.
+  _save_steps(tmp_path, [1, 2], _mesh(2))
+  _flip_bytes_inside_chunk(str(tmp_path / "2"))
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.warns(CheckpointFallbackWarning, match=r"step 2 .*CorruptCheckpointError"):
+      step, state, _ = ckpt.restore(_abstract(_host_state(0), _mesh(8)))
+  assert step == 1
+  _assert_state_equal(state, _host_state(1))
+
+
+@pytest.mark.parametrize("saved,restored,caught", [(8, 8, True), (8, 2, True), (8, 1, True),
+                                                   (2, 8, False)])
+def test_processes_sharing_an_array_check_the_records_inside_their_shards(
+    tmp_path, monkeypatch, saved, restored, caught):
+  # What each process of a multi-process restore checks: only its replica-0 shards, so a
+  # recorded shard is checked when one restored shard holds it whole (same or coarser
+  # split); a finer split is not checked (see the module docstring).
+  monkeypatch.setattr(ckpt_lib, "_local_pieces", ckpt_lib._replica0_pieces)
+  _save_steps(tmp_path, [1, 2], _mesh(saved))
+  _flip_bytes_inside_chunk(str(tmp_path / "2"))
+  with Checkpointer(tmp_path) as ckpt:
+    if caught:
+      with pytest.warns(CheckpointFallbackWarning, match=r"step 2 .*CorruptCheckpointError"):
+        step, _, _ = ckpt.restore(_abstract(_host_state(0), _mesh(restored)))
+      assert step == 1
+    else:
+      step, state, _ = ckpt.restore(_abstract(_host_state(0), _mesh(restored)))
+      assert step == 2
+      kernel = np.asarray(state["params"]["dense"]["kernel"])
+      assert not np.array_equal(kernel, _host_state(2)["params"]["dense"]["kernel"])
+
+
+def _edit_record(step_dir, edit):
+  path = pathlib.Path(step_dir, ckpt_lib.CHECKSUMS_ITEM, "process_0.json")
+  record = json.loads(path.read_text())
+  edit(record)
+  path.write_text(json.dumps(record))
+
+
+def _drop_first_kernel_shard(record):
+  record["shards"] = [s for s in record["shards"]
+                      if not (s["path"].endswith("['kernel']") and s["index"][0][0] == 0)]
+
+
+@pytest.mark.parametrize("damage,error", [
+    (lambda d: os.remove(os.path.join(d, ckpt_lib.CHECKSUMS_ITEM, "process_0.json")),
+     "checksum records are missing"),
+    (lambda d: _edit_record(d, lambda r: r.update(process_count=2)),
+     r"checksum records are incomplete \(files of processes \[0\] of a run of 2 "),
+    (lambda d: _edit_record(d, _drop_first_kernel_shard),
+     r"kernel'\]: the checksum records cover 7168 of its 8192 elements"),
+    (lambda d: _edit_record(d, lambda r: r.update(shards=r["shards"][:1])),
+     r"leaf \['params'\]\['dense'\]\['bias'\] has no integrity record"),
+    (lambda d: shutil.rmtree(os.path.join(d, ckpt_lib.CHECKSUMS_ITEM)),
+     "integrity record is missing"),
+])
+def test_incomplete_checksum_records_make_a_step_corrupt(tmp_path, damage, error):
+  mesh = _mesh(8)
+  _save_steps(tmp_path, [1, 2], mesh)
+  damage(str(tmp_path / "2"))
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.warns(CheckpointFallbackWarning, match=rf"step 2 .*{error}"):
+      step, _, _ = ckpt.restore(_abstract(_host_state(0), mesh))
+  assert step == 1
+
+
+def _save_legacy_steps(directory, steps, mesh):
+  """Steps in the earlier format: an `integrity` JSON item of whole-leaf sha256 records,
+  written through orbax as the earlier Checkpointer did."""
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      create=True, enable_async_checkpointing=False))
+  for step in steps:
+    host = _host_state(step)
+    record = {"leaves": [
+        {"path": jax.tree_util.keystr(path), "dtype": np.asarray(x).dtype.name,
+         "shape": list(np.shape(x)), "sha256": hashlib.sha256(
+             np.ascontiguousarray(x).reshape(-1).view(np.uint8)).hexdigest()}
+        for path, x in jax.tree_util.tree_flatten_with_path(host)[0]]}
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_put(host, mesh)),
+        meta=ocp.args.JsonSave({"step": step}), integrity=ocp.args.JsonSave(record)))
+  manager.wait_until_finished()
+  manager.close()
+
+
+@pytest.mark.parametrize("restore_mesh", [8, 1])
+def test_checkpoint_of_the_earlier_format_restores_and_is_verified(tmp_path, restore_mesh):
+  _save_legacy_steps(tmp_path, [1, 2], _mesh(8))
+  assert (tmp_path / "2" / "integrity" / "metadata").is_file()
+  with Checkpointer(tmp_path) as ckpt:
+    step, state, meta = ckpt.restore(_abstract(_host_state(0), _mesh(restore_mesh)))
+  assert (step, meta) == (2, {"step": 2})
+  _assert_state_equal(state, _host_state(2))
+
+  _flip_bytes_inside_chunk(str(tmp_path / "2"))
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.warns(CheckpointFallbackWarning,
+                      match=r"step 2 .*CorruptCheckpointError: leaf \['params'\]\['dense'\]"
+                            r"\['kernel'\]"):
+      step, state, _ = ckpt.restore(_abstract(_host_state(0), _mesh(restore_mesh)))
+    assert step == 1
+    _assert_state_equal(state, _host_state(1))
+    # New steps in the same directory are written in the current format.
+    assert ckpt.save(3, _put(_host_state(3), _mesh(8)), {"step": 3})
+    ckpt.wait()
+    assert list(_records(tmp_path / "3")) == ["process_0.json"]
+    step, state, _ = ckpt.restore(_abstract(_host_state(0), _mesh(restore_mesh)))
+  assert step == 3
+  _assert_state_equal(state, _host_state(3))
+
+
+_TWO_PROCESSES = textwrap.dedent("""
+    import json, sys, warnings
+    import jax
+    jax.config.update("jax_num_cpu_devices", 2)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=sys.argv[2], num_processes=2,
+                               process_id=int(sys.argv[3]))
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jaxvna.training.checkpoint import Checkpointer, CheckpointFallbackWarning
+    directory, phase = sys.argv[1], sys.argv[4]
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    split, replicated = NamedSharding(mesh, P("data", None)), NamedSharding(mesh, P())
+    def host(step):
+      # Random bits do not compress: zstd stores them as they are, so a flipped byte goes
+      # unnoticed by orbax (a garbled compressed chunk fails to decode on the one process
+      # that reads it, inside orbax's restore, before the barrier that closes it).
+      rng = np.random.default_rng(step)
+      return (rng.integers(0, 2**32, size=(256, 32), dtype=np.uint32),
+              np.full(6, step, np.float32))
+    if phase == "save":
+      with Checkpointer(directory) as ckpt:
+        for step in (1, 2):
+          kernel, bias = host(step)
+          ckpt.save(step, {
+              "kernel": jax.make_array_from_callback(kernel.shape, split, lambda i: kernel[i]),
+              "bias": jax.make_array_from_callback(bias.shape, replicated, lambda i: bias[i])},
+              {"step": step})
+    else:
+      abstract = {"kernel": jax.ShapeDtypeStruct((256, 32), np.uint32, sharding=split),
+                  "bias": jax.ShapeDtypeStruct((6,), np.float32, sharding=replicated)}
+      with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always", CheckpointFallbackWarning)
+        with Checkpointer(directory) as ckpt:
+          step, restored, _ = ckpt.restore(abstract)
+      kernel, bias = host(step)
+      print("RESULT " + json.dumps({
+          "step": step, "warnings": [str(w.message) for w in warned
+                                     if w.category is CheckpointFallbackWarning],
+          "values_ok": all(np.array_equal(np.asarray(s.data), kernel[s.index])
+                           for s in restored["kernel"].addressable_shards)
+                       and np.array_equal(np.asarray(restored["bias"]), bias)}), flush=True)
+    """)
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _run_two_processes(directory, phase, logs):
+  """Runs _TWO_PROCESSES as 2 processes x 2 CPU devices; returns their outputs."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  address = f"127.0.0.1:{_free_port()}"
+  paths = [logs / f"{phase}-process{i}.log" for i in range(2)]
+  children = []
+  try:
+    for i, path in enumerate(paths):
+      with open(path, "w") as out:  # A file, not a pipe: a full pipe would block a child.
+        children.append(subprocess.Popen(
+            [sys.executable, "-c", _TWO_PROCESSES, str(directory), address, str(i), phase],
+            env=env, stdout=out, stderr=subprocess.STDOUT))
+    for child in children:
+      child.wait(timeout=180)  # A process waiting on a collective its peer left: a failure.
+  finally:
+    for child in children:
+      if child.poll() is None:
+        child.kill()
+        child.wait()
+  texts = [path.read_text() for path in paths]
+  for child, text in zip(children, texts):
+    assert child.returncode == 0, text[-3000:]
+  return texts
+
+
+def test_two_processes_write_their_own_records_and_fall_back_together(tmp_path):
+  directory = tmp_path / "ckpt"
+  _run_two_processes(directory, "save", tmp_path)
+
+  # Each process recorded its own replica-0 shards: process 0 the kernel's first half and
+  # the replicated bias (its replica 0 is on process 0's first device), process 1 the rest.
+  records = _records(directory / "2")
+  assert sorted(records) == ["process_0.json", "process_1.json"]
+  index = {name: sorted((s["path"], tuple(map(tuple, s["index"]))) for s in r["shards"])
+           for name, r in records.items()}
+  assert index["process_0.json"] == [("['bias']", ((0, 6),)),
+                                     ("['kernel']", ((0, 64), (0, 32))),
+                                     ("['kernel']", ((64, 128), (0, 32)))]
+  assert index["process_1.json"] == [("['kernel']", ((128, 192), (0, 32))),
+                                     ("['kernel']", ((192, 256), (0, 32)))]
+  assert [(records[f"process_{i}.json"]["process_index"],
+           records[f"process_{i}.json"]["process_count"]) for i in (0, 1)] == [(0, 2), (1, 2)]
+
+  # Damage a chunk that process 1 wrote: only process 1 restores (and checks) it, and
+  # both processes must fall back together.
+  files = glob.glob(str(directory / "2" / "state" / "ocdbt.process_1" / "d" / "*"))
+  _flip_bytes_inside_chunk_of(max(files, key=os.path.getsize))
+  results = [json.loads(next(l for l in text.splitlines() if l.startswith("RESULT "))[7:])
+             for text in _run_two_processes(directory, "restore", tmp_path)]
+  assert [(r["step"], r["values_ok"]) for r in results] == [(1, True), (1, True)]
+  assert re.search(r"step 2 .*leaf \['kernel'\] .*shard \[\[(128|192), ",
+                   results[1]["warnings"][0]), results[1]["warnings"]
+  assert "process 1 could not restore or verify this step" in results[0]["warnings"][0], \
+      results[0]["warnings"]
+  assert len(glob.glob(str(directory / f"2{ckpt_lib.CORRUPT_SUFFIX}*"))) == 1
+
+
+# --- Non-finite states, messages, read-only opening ---------------------------------------
+
+
+def _listing(directory):
+  return sorted(str(p.relative_to(directory)) for p in pathlib.Path(directory).rglob("*"))
+
+
+def test_non_finite_state_is_refused_and_nothing_is_written(tmp_path):
+  mesh = _mesh(8)
+  _save_steps(tmp_path, [1], mesh)
+  host = _host_state(2)
+  host["params"]["dense"]["kernel"][200, 3] = np.nan  # In the 7th device's shard.
+  host["params"]["dense"]["bias"][1] = np.inf  # Replicated over 8 devices.
+  with Checkpointer(tmp_path) as ckpt:
+    before = _listing(tmp_path)
+    with pytest.raises(NonFiniteError, match=r"2 leaves: \['params'\]\['dense'\]\['bias'\], "
+                                              r"\['params'\]\['dense'\]\['kernel'\]$"):
+      ckpt.save(2, _put(host, mesh), {"step": 2}, force=True)
+    ckpt.wait()
+    assert _listing(tmp_path) == before
+    # Integer leaves are not checked; a finite state on another layout saves.
+    assert ckpt.save(3, {"w": jnp.ones((3,)), "n": jnp.int32(-1)}, {"step": 3})
+    ckpt.wait()
+    assert ckpt.all_steps() == [1, 3]
+
+
+def test_only_step_failing_says_there_is_no_earlier_step(tmp_path):
+  mesh = _mesh(8)
+  _save_steps(tmp_path, [1], mesh, max_to_keep=1)
+  _garble_meta(str(tmp_path / "1"))
+  with Checkpointer(tmp_path, max_to_keep=1) as ckpt:
+    with pytest.warns(CheckpointFallbackWarning) as warned, \
+        pytest.raises(CheckpointError, match=r"(?s)could be restored \(its only step "
+                                             r"failed\):\n  step 1: JSONDecodeError"):
+      ckpt.restore(_abstract(_host_state(0), mesh))
+  messages = [str(w.message) for w in warned]
+  assert len(messages) == 1 and "there is no earlier step to fall back to" in messages[0]
+  assert "previous step" not in messages[0]
+
+
+def test_open_without_create_makes_nothing_and_leaves_unfinished_saves(tmp_path):
+  missing = tmp_path / "run" / "checkpoints"
+  with Checkpointer(missing, create=False) as ckpt:
+    assert ckpt.restore(_abstract(_host_state(0), _mesh(8))) is None
+    assert ckpt.latest_step() is None and ckpt.all_steps() == []
+    with pytest.raises(FileNotFoundError, match="create=False"):
+      ckpt.save(1, {"w": jnp.ones(2)}, {})
+  assert list(tmp_path.iterdir()) == []
+
+  _save_steps(tmp_path, [1], _mesh(8))
+  unfinished = tmp_path / "2.orbax-checkpoint-tmp-1700000000123456"
+  unfinished.mkdir()  # Perhaps a save that another process is writing now.
+  with Checkpointer(tmp_path, create=False) as ckpt:
+    step, state, _ = ckpt.restore(_abstract(_host_state(0), _mesh(8)))
+  assert step == 1
+  _assert_state_equal(state, _host_state(1))
+  assert unfinished.is_dir()
 
 
 # --- params_digest --------------------------------------------------------------------
