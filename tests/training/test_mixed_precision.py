@@ -12,31 +12,19 @@ from jaxvna.configs import vna_sim
 from jaxvna.data import pipeline, readers
 from jaxvna.training import objectives, train
 
-TINY_DATA = dict(seed=0, num_subjects=2, num_images=600, image_size=32,
-                 neurons_per_subject=(60, 40), spatial_frequency_range=(2.0, 8.0))
-
-
 @pytest.fixture(scope="module")
 def tiny_dataset():
-  return readers.load("simulator", **TINY_DATA)
+  return readers.load("simulator", **vna_sim.get_config("vna,tiny").data.kwargs)
 
 
 def tiny_config(dtype: str, image_tower: str = "mlp"):
-  c = vna_sim.get_config()
-  c.data.kwargs = dict(TINY_DATA)
+  c = vna_sim.get_config("vna,tiny")
   c.model.dtype = dtype
-  c.model.embed_dim = 32
-  c.model.image_tower = dict(type=image_tower, channels=(8, 16), front_end=None, hidden=(128,))
-  c.model.neural_tower = dict(readin_dim=32, hidden=(64,), neuron_dropout=0.1,
-                              preprocess="log1p")
+  c.model.image_tower.type = image_tower
   c.loss.impl = "ring"
-  c.optim.warmup_steps = 5
-  c.optim.lr = 3e-3
-  c.train.batch_size = 64
   c.train.steps = 80
   c.train.log_every = 1
   c.train.checkpoint_every = 80
-  c.train.progress_bar = False
   return c
 
 
