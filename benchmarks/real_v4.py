@@ -51,8 +51,8 @@ def main(argv):
   del argv
   from absl import logging
   logging.set_verbosity(logging.WARNING)
-  from jaxvna.training import train
-  out = train.demo(FLAGS.config, FLAGS.workdir)
+  from jaxvna.commands import demo
+  out = demo.run(FLAGS.config, FLAGS.workdir)
   text = table(out["results"], FLAGS.n_way)
   (pathlib.Path(FLAGS.workdir) / "v4_table.md").write_text(text + "\n")
   print(f"\n{FLAGS.n_way}-way top-1 [95% CI over candidate draws], trial-averaged responses\n")

@@ -2,6 +2,7 @@
 
   jaxvna train --config=configs/dina_sim.py --workdir=W       (results.json: results.dina)
   jaxvna interpret --config=configs/dina_sim.py --workdir=W   (trains if needed; interpret.json)
+  jaxvna interpret --config=configs/dina_sim.py:tiny --workdir=W   (800 32x32 images, 150 steps)
 
 A V1-like population (simple and complex cells) with a quarter of nonresponsive neurons,
 so that the contribution maps can be compared with the population's receptive-field
@@ -10,13 +11,11 @@ coverage and the key-neuron ranking with the responsive mask (targets in the REA
 
 import ml_collections
 
-from jaxvna.config_files import sibling
-
-vna_sim = sibling(__file__, "vna_sim")
+from jaxvna.configs import only_tiny, vna_sim
 
 
 def get_config(arg=None):
-  del arg
+  tiny = only_tiny(arg, "dina_sim")
   c = vna_sim.get_config("dina")
   c.data.kwargs = ml_collections.ConfigDict(dict(
       seed=0, num_subjects=2, num_images=4000, image_size=48,
@@ -47,4 +46,20 @@ def get_config(arg=None):
       probe_sigma=c.data.kwargs.get_ref("image_size") / 24))
   c.train.steps = 600
   c.eval.gabor_ridge = False
+  if tiny:
+    _make_tiny(c)
   return c
+
+
+def _make_tiny(c):
+  # update(), not a new dict: interpret.probe_sigma follows data.kwargs.image_size.
+  c.data.kwargs.update(dict(
+      num_images=800, image_size=32, neurons_per_subject=(60, 50),
+      spatial_frequency_range=(2.0, 8.0)))
+  c.model.embed_dim = 32
+  c.model.image_tower.channels = (8, 16, 32)
+  c.model.neural_tower.update(dict(readin_dim=32, hidden=(64,)))
+  c.optim.update(dict(warmup_steps=10, lr=3e-3))
+  c.train.update(dict(steps=150, batch_size=64, checkpoint_every=50, progress_bar=False))
+  c.eval.update(dict(n_ways=(2, 10), draws=50))
+  c.interpret.update(dict(map_images=64, occlusion_images=8, ablation_random_rankings=2))

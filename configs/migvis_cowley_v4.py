@@ -11,18 +11,16 @@ VAE's encoder; visualize.json holds the shifts and the critic's MI bounds (no MI
 Settings as in migvis_sim.py (its docstring lists bigger ones for a GPU; here also
 data.kwargs.image_size=64 with diffusion.channels=(64, 128, 128)). With all ten sessions
 (~8,200 training images) give the critic stages.critic.steps=1000; the README has both runs.
+`:tiny`: migvis_sim.py's tiny models, 3 steps of each stage, on the same session.
 """
 
-from jaxvna.config_files import sibling
-
-migvis_sim = sibling(__file__, "migvis_sim")
-vna_cowley_v4 = sibling(__file__, "vna_cowley_v4")
+from jaxvna.configs import migvis_sim, only_tiny, vna_cowley_v4
 
 
 def get_config(arg=None):
-  del arg
-  sim = migvis_sim.get_config()
-  c = vna_cowley_v4.get_config("group_vae")
+  tiny = only_tiny(arg, "migvis_cowley_v4")
+  sim = migvis_sim.get_config(arg)
+  c = vna_cowley_v4.get_config("group_vae,tiny" if tiny else "group_vae")
   c.data.sessions = ("201025",)
   c.data.kwargs.image_size = 32
   c.model.image_tower = sim.model.image_tower
@@ -42,4 +40,9 @@ def get_config(arg=None):
   c.eval.gabor_ridge = False
   c.eval.migvis = sim.eval.migvis
   c.eval.migvis.readout = "direct_encoding"
+  if tiny:
+    c.migvis.groups = (2, 2)
+    c.migvis.supervision.weight = 0.0     # no known factors in real recordings
+    for stage in ("critic", "diffusion", "direct_encoding"):
+      c.stages[stage].update(dict(steps=3, batch_size=16))
   return c

@@ -2,6 +2,7 @@
 mutual-information-guided diffusion, checked against the simulator's truth.
 
   jaxvna visualize --config=configs/migvis_sim.py --workdir=W
+  jaxvna visualize --config=configs/migvis_sim.py:tiny --workdir=W   (3 steps per model)
 
 Three simulated subjects, mostly higher-area-like cells reading 4 latent factors; 16x16
 images so the whole run (three models, the edits, the figures) fits ~15 minutes on two
@@ -16,13 +17,11 @@ ddim_steps=50.
 
 import ml_collections
 
-from jaxvna.config_files import sibling
-
-vna_sim = sibling(__file__, "vna_sim")
+from jaxvna.configs import only_tiny, vna_sim
 
 
 def get_config(arg=None):
-  del arg
+  tiny = only_tiny(arg, "migvis_sim")
   c = vna_sim.get_config("group_vae")
   c.data.kwargs = ml_collections.ConfigDict(dict(
       seed=0, num_subjects=3, num_images=30000, image_size=16,
@@ -52,7 +51,7 @@ def get_config(arg=None):
   c.diffusion = ml_collections.ConfigDict(dict(
       channels=(16, 32), num_res_blocks=1, time_dim=64, schedule="cosine",
       num_timesteps=1000))
-  # Training of each stage (jaxvna.interpret.migvis.stage_config).
+  # Training of each stage (jaxvna.methods.migvis.visualize.stage_config).
   c.stages = ml_collections.ConfigDict(dict(
       group_vae=dict(steps=1500, batch_size=256, lr=2e-3, response_mode="trial"),
       critic=dict(steps=2000, batch_size=256, lr=1e-3),
@@ -78,4 +77,23 @@ def get_config(arg=None):
       target_sd=1.0,              # targets at mean -/+ target_sd sd along each group's axis
       reference_size=2048,        # critic's reference bank of group values (512: 2.1-2.3)
       mig_bins=10, seed=0))
+  if tiny:
+    _make_tiny(c)
   return c
+
+
+def _make_tiny(c):
+  # Every stage runs (3 steps each) on 200 images; the edits are noise.
+  c.data.kwargs.num_images = 200
+  c.data.kwargs.neurons_per_subject = (20, 16, 12)
+  c.migvis.groups = (1, 1)
+  c.migvis.readin_dim, c.migvis.hidden = 16, (16,)
+  c.migvis.supervision.weight = 1.0   # exercises the supervised group
+  c.critic.channels, c.critic.embed_dim, c.critic.value_hidden = (8,), 8, (8,)
+  c.diffusion.channels, c.diffusion.time_dim = (8,), 16
+  for stage in ("group_vae", "critic", "diffusion"):
+    c.stages[stage].steps = 3
+    c.stages[stage].batch_size = 16
+  c.train.progress_bar = False
+  c.eval.migvis.update(dict(num_images=4, grid_images=2, scales=(1.0, 5.0), ddim_steps=2,
+                            reference_size=16))

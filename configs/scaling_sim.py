@@ -2,33 +2,38 @@
 
   jaxvna scaling --config=configs/scaling_sim.py --workdir=W
   jaxvna scaling --config=configs/scaling_sim.py --workdir=W --config.scaling.widths="(0.5,1.0,2.0)"
+  jaxvna scaling --config=configs/scaling_sim.py:tiny --workdir=W   (3 runs of 40 steps)
 
 VNA on 5 nested fractions of every subject's training images (1/16 to all of 3 x 2,400),
 the same 300 steps of batch 256 for every run (so a small fraction is seen many more
 times than a large one), 32x32 simulated images and a smaller CNN than vna_sim.py: the
 whole study took 10.5 minutes on 2 CPU cores that other jobs shared. See
-`jaxvna.training.scaling` for the error, the fit and the bootstrap.
+`jaxvna.commands.scaling` for the error, the fit and the bootstrap. The argument is the
+method, optionally followed by ",tiny" ("tiny" alone: VNA's).
 """
 
 import ml_collections
 
-from jaxvna.config_files import sibling
-
-vna_sim = sibling(__file__, "vna_sim")
+from jaxvna.configs import split_tiny, vna_sim
 
 
-def scaling_config() -> ml_collections.ConfigDict:
+def scaling_config(tiny: bool = False) -> ml_collections.ConfigDict:
   """The `scaling` section: what to vary, what to score, how to bootstrap."""
-  return ml_collections.ConfigDict(dict(
+  c = ml_collections.ConfigDict(dict(
       fractions=(0.0625, 0.125, 0.25, 0.5, 1.0),  # data.train_fraction of each run
       widths=(1.0,),        # multipliers of every hidden width of both towers
       n_way=10,             # error = 1 - mean of decoding and encoding N-way top-1
       bootstrap=1000,       # replicates (resampled held-out images) of the fit
       bootstrap_seed=0))
+  if tiny:
+    c.fractions = (0.25, 0.5, 1.0)  # the fewest the fit accepts
+    c.bootstrap = 200
+  return c
 
 
-def get_config(method: str = "vna"):
-  c = vna_sim.get_config(method)
+def get_config(arg: str = "vna"):
+  method, tiny = split_tiny(arg)
+  c = vna_sim.get_config(method or "vna")
   c.data.kwargs = ml_collections.ConfigDict(dict(
       seed=0, num_subjects=3, num_images=3750, image_size=32,
       neurons_per_subject=(300, 250, 200), spatial_frequency_range=(2.0, 8.0)))
@@ -44,5 +49,25 @@ def get_config(method: str = "vna"):
   c.train.progress_bar = False
   c.eval.n_ways = (2, 10, 50, "all")
   c.eval.gabor_ridge = False
-  c.scaling = scaling_config()
+  c.scaling = scaling_config(tiny)
+  if tiny:
+    _make_tiny(c)
   return c
+
+
+def _make_tiny(c):
+  c.data.kwargs = ml_collections.ConfigDict(dict(
+      seed=0, num_subjects=2, num_images=600, image_size=32, neurons_per_subject=(60, 40),
+      spatial_frequency_range=(2.0, 8.0)))
+  c.model.embed_dim = 32
+  c.model.image_tower = ml_collections.ConfigDict(dict(
+      type="mlp", channels=(8, 16), front_end=None, hidden=(128,)))
+  c.model.neural_tower = ml_collections.ConfigDict(dict(
+      readin_dim=32, hidden=(64,), neuron_dropout=0.1, preprocess="log1p"))
+  c.optim.warmup_steps = 5
+  c.optim.lr = 3e-3
+  c.train.steps = 40
+  c.train.batch_size = 64
+  c.train.checkpoint_every = 40
+  c.eval.n_ways = (2, 10)
+  c.eval.draws = 20

@@ -5,7 +5,8 @@
 
 `data.root` defaults to $JAXVNA_DATA_DIR/cowley_v4, else ../shared/data/cowley_v4
 beside the repository; `data.sessions` None reads every session in the folder. Images are
-resized to 64x64 grey.
+resized to 64x64 grey. The argument is the method, optionally followed by ",tiny" ("tiny"
+alone: VNA's): vna_sim.py's tiny towers and steps on two sessions at 32x32.
 """
 
 import os
@@ -13,9 +14,7 @@ import pathlib
 
 import ml_collections
 
-from jaxvna.config_files import sibling
-
-vna_sim = sibling(__file__, "vna_sim")
+from jaxvna.configs import split_tiny, vna_sim
 
 
 def default_root() -> str:
@@ -31,8 +30,9 @@ def default_root() -> str:
   return str(candidates[0] / "shared" / "data" / "cowley_v4")
 
 
-def get_config(method: str = "vna"):
-  c = vna_sim.get_config(method)
+def get_config(arg: str = "vna"):
+  _, tiny = split_tiny(arg)
+  c = vna_sim.get_config(arg)  # the method, and vna_sim.py's tiny towers and steps if tiny
   c.data.kind = "cowley_v4"
   c.data.root = default_root()
   c.data.sessions = ml_collections.config_dict.placeholder(tuple)  # None: every session
@@ -40,7 +40,11 @@ def get_config(method: str = "vna"):
       root=c.data.get_ref("root"), sessions=c.data.get_ref("sessions"), image_size=64,
       grayscale=True, split_fractions=(0.8, 0.1, 0.1), split_seed=0))
   c.data.response_mode = "trial"
-  c.train.steps = 600
-  c.train.batch_size = 256
-  c.eval.n_ways = (2, 10, 50, "all")
+  if tiny:
+    c.data.sessions = ("210305", "210325")  # the two smallest: 1,040 images
+    c.data.kwargs.image_size = 32
+  else:
+    c.train.steps = 600
+    c.train.batch_size = 256
+    c.eval.n_ways = (2, 10, 50, "all")
   return c

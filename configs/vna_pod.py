@@ -3,6 +3,7 @@
   jaxvna dryrun --config=configs/vna_pod.py --devices=64        (compile only: memory, FLOPs)
   jaxvna train --config=configs/vna_pod.py --workdir=W          (one process per host)
   jaxvna train --config=configs/vna_pod.py:/path/to/recordings --workdir=W
+  jaxvna train --config=configs/vna_pod.py:tiny --workdir=W     (or :/path/to/recordings,tiny)
 
 Data. Without an argument: the embedded simulator at 100,000 images (3 subjects of
 300/250/200 neurons, 64x64), 192,000 training examples (image, subject), so one batch
@@ -16,6 +17,10 @@ folder is one recording of your own data (the `npz` format of
 the whole dataset into memory and uses only the rows of each batch that its devices hold.
 With other data, set train.steps to the number of epochs you want times (training
 examples / 32768).
+
+Tiny (an argument that is or ends with "tiny"): the ring loss and bfloat16 compute of this
+config on vna_sim.py's tiny run (its simulator unless a folder is given, its towers, batch
+64, 60 steps), to try the pod set-up on a laptop.
 
 Model. The towers of configs/vna_sim.py, computed in bfloat16 (model.dtype): parameters,
 gradients and the AdamW state stay float32, the embeddings are cast to float32 before the
@@ -45,13 +50,12 @@ import pathlib
 
 import ml_collections
 
-from jaxvna.config_files import sibling
-
-vna_sim = sibling(__file__, "vna_sim")
+from jaxvna.configs import split_tiny, vna_sim
 
 
-def get_config(recordings: str | None = None):
-  c = vna_sim.get_config("vna")
+def get_config(arg: str | None = None):
+  recordings, tiny = split_tiny(arg)
+  c = vna_sim.get_config("vna,tiny" if tiny else "vna")
   if recordings:
     paths = tuple(sorted(str(p) for p in pathlib.Path(recordings).glob("*.npz")))
     if not paths:
@@ -59,13 +63,15 @@ def get_config(recordings: str | None = None):
     c.data.kind = "npz"
     c.data.kwargs = ml_collections.ConfigDict(dict(
         paths=paths, split_fractions=(0.8, 0.1, 0.1), split_seed=0))
-  else:
+  elif not tiny:
     c.data.kwargs = ml_collections.ConfigDict(dict(
         seed=0, num_subjects=3, num_images=100_000, image_size=64,
         neurons_per_subject=(300, 250, 200), spatial_frequency_range=(3.0, 12.0),
         repeats=(1, 2, 4)))  # test repeats 4, not 10: 40% of the responses' memory
   c.model.dtype = "bfloat16"
   c.loss.impl = "ring"
+  if tiny:
+    return c  # vna_sim.py's tiny batch and schedule
 
   c.train.batch_size = 32768
   c.train.steps = 600

@@ -2,22 +2,26 @@
 
   jaxvna train --config=configs/vna_sim.py --workdir=W [--config.train.steps=...]
   jaxvna train --config=configs/vna_sim.py:direct_encoding --workdir=W
+  jaxvna train --config=configs/vna_sim.py:gabor_lit --workdir=W
   jaxvna train --config=configs/vna_sim.py:vna,tiny --workdir=W   (a minute on a laptop)
 
-The argument is the method, optionally followed by ",tiny": a small simulator (2
-subjects, 600 32x32 images) and small towers, for tests, notebooks and a first try.
+The argument is the method, optionally followed by ",tiny" ("tiny" alone: VNA's): a
+small simulator (2 subjects, 600 32x32 images), small towers and 60 steps.
 """
 
 import ml_collections
 
+from jaxvna.configs import split_tiny
+
 
 def get_config(arg: str = "vna"):
-  method, *variants = arg.split(",")
-  unknown = set(variants) - {"tiny"}
-  if unknown:
-    raise ValueError(f"vna_sim: unknown variant(s) {sorted(unknown)}; expected 'tiny'")
+  method, tiny = split_tiny(arg)
+  method = method or "vna"
+  if "," in method:
+    unknown = sorted(set(method.split(",")[1:]))
+    raise ValueError(f"vna_sim: unknown variant(s) {unknown}; expected 'tiny'")
   c = ml_collections.ConfigDict()
-  c.method = method  # vna | direct_encoding | direct_decoding
+  c.method = method  # vna | direct_encoding | direct_decoding | gabor_lit
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
@@ -40,6 +44,11 @@ def get_config(arg: str = "vna"):
   c.model.min_temperature = 0.01
   c.model.dtype = "float32"
 
+  # Gabor-LiT (method "gabor_lit"): the fixed Gabor-energy stage before its linear image
+  # tower (kernel size, orientations, cycles per pixel, stride, pooling of the energy).
+  c.gabor_lit = ml_collections.ConfigDict(dict(
+      size=13, orientations=8, spatial_frequencies=(0.08, 0.16), stride=2, pool=4))
+
   c.loss = ml_collections.ConfigDict(dict(type="clip", impl="gather"))
   c.baseline = ml_collections.ConfigDict(dict(encoding_loss="poisson", decoding_loss="mse"))
   c.model.decoder_size = 16
@@ -57,7 +66,7 @@ def get_config(arg: str = "vna"):
 
   c.eval = ml_collections.ConfigDict(dict(
       split="test", n_ways=(2, 10, 50, 100, "all"), draws=200, seed=0, gabor_ridge=True))
-  if "tiny" in variants:
+  if tiny:
     _make_tiny(c)
   return c
 

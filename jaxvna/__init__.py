@@ -8,7 +8,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("data", "losses", "models", "evaluation", "training", "interpret")
+_SUBMODULES = ("data", "losses", "models", "evaluation", "training", "methods", "commands")
 # Top-level names, each with the submodule that defines it.
 _EXPORTS = {"VNA": "jaxvna.estimator"}
 

@@ -19,20 +19,97 @@ Commands:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from typing import Any, Callable
 
-COMMANDS = ("demo", "data", "train", "eval", "bench", "interpret", "visualize",
-            "scaling", "dryrun")
-# Commands held by their workdir's lock for their whole length (`eval` takes it itself,
-# after checking that the workdir holds a checkpoint, so that it creates nothing otherwise).
-WORKDIR_COMMANDS = ("demo", "train", "interpret", "visualize", "scaling")
-_DEFAULT_CONFIG = {"demo": "vna_sim.py", "data": "vna_sim.py", "bench": "bench_dina_mlp.py",
-                   "interpret": "dina_sim.py", "visualize": "migvis_sim.py",
-                   "scaling": "scaling_sim.py", "dryrun": "vna_pod.py"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """run(config, flags) does the work; default_config: the shipped config used without
+  --config; holds_workdir: the command holds --workdir's lock for its whole length
+  (`eval` takes it itself, after checking that the workdir holds a checkpoint, so that
+  it creates nothing otherwise)."""
+  run: Callable[[Any, Any], Any]
+  default_config: str | None = None
+  holds_workdir: bool = False
+
+
+def _data(config, flags) -> None:
+  from jaxvna.data import readers, summarize
+  if flags.prepare_dir:
+    from jaxvna.data import tfds_builders
+    path = tfds_builders.prepare(config.data.kind, flags.prepare_dir,
+                                 reader_kwargs=dict(config.data.kwargs))
+    print(f"prepared {config.data.kind} at {path}")
+    dataset = tfds_builders.read_prepared(path)  # summarise what was written
+  else:
+    dataset = readers.load(config.data.kind, **config.data.kwargs)
+  print(summarize(dataset))
+
+
+def _train(config, flags) -> None:
+  from jaxvna.training import train
+  train.train_and_evaluate(config, flags.workdir, force=flags.force)
+
+
+def _eval(config, flags) -> None:
+  from jaxvna.training import train
+  train.evaluate_workdir(config, flags.workdir)
+
+
+def _demo(config, flags) -> None:
+  from jaxvna.commands import demo
+  demo.run(config, flags.workdir, force=flags.force)
+
+
+def _scaling(config, flags) -> None:
+  from jaxvna.commands import scaling
+  scaling.run(config, flags.workdir, force=flags.force)
+
+
+def _bench(config, flags) -> None:
+  from jaxvna.commands import bench
+  bench.run(config)
+
+
+def _dryrun(config, flags) -> None:
+  from jaxvna.commands import dryrun
+  dryrun.use_fake_devices(flags.devices)  # before JAX starts its backends
+  dryrun.run(config, flags.devices)
+
+
+def _method_verb(verb: str) -> Callable[[Any, Any], Any]:
+  """A verb that a method adds (`registry.Method.commands`), run for config.method."""
+  def run(config, flags):
+    from jaxvna import errors, registry
+    method = registry.get(config.method)
+    if verb not in method.commands:
+      owners = registry.with_command(verb)
+      raise errors.ConfigError(
+          f"jaxvna {verb} explains {' and '.join(m.title for m in owners)} models; "
+          f"config.method is {config.method!r} (use e.g. "
+          f"{' or '.join(m.example_config for m in owners)})")
+    method.commands[verb](config, flags.workdir, force=flags.force)
+  return run
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command(_demo, "vna_sim.py", holds_workdir=True),
+    "data": Command(_data, "vna_sim.py"),
+    "train": Command(_train, holds_workdir=True),
+    "eval": Command(_eval),
+    "bench": Command(_bench, "bench_dina_mlp.py"),
+    "interpret": Command(_method_verb("interpret"), "dina_sim.py", holds_workdir=True),
+    "visualize": Command(_method_verb("visualize"), "migvis_sim.py", holds_workdir=True),
+    "scaling": Command(_scaling, "scaling_sim.py", holds_workdir=True),
+    "dryrun": Command(_dryrun, "vna_pod.py"),
+}
 
 
 def _packaged_config(name: str) -> str:
-  from jaxvna.config_files import configs_dir
+  from jaxvna.configs import configs_dir
   return str(configs_dir() / name)
 
 
@@ -43,7 +120,7 @@ def _usage() -> str:
 def _define_flags(command: str):
   from absl import flags
   from ml_collections import config_flags
-  default = _DEFAULT_CONFIG.get(command)
+  default = COMMANDS[command].default_config
   config_flags.DEFINE_config_file(
       "config", _packaged_config(default) if default else None,
       "Path to a config file (a Python file with get_config()); `path:arg` passes arg.",
@@ -85,54 +162,12 @@ def _main(command: str, flags_values) -> int:
   from jaxvna.training import preflight
   preflight.check_config(config)  # before any data is read or anything compiled
   distributed.initialize(settings)
-  if command in WORKDIR_COMMANDS:
+  if COMMANDS[command].holds_workdir:
     from jaxvna.training import workdir_lock
     with workdir_lock.hold(flags_values.workdir, command=command):
-      return _run_command(command, config, flags_values)
-  return _run_command(command, config, flags_values)
-
-
-def _run_command(command: str, config, flags_values) -> int:
-  if command == "data":
-    from jaxvna.data import readers, summarize
-    if flags_values.prepare_dir:
-      from jaxvna.data import tfds_builders
-      path = tfds_builders.prepare(config.data.kind, flags_values.prepare_dir,
-                                   reader_kwargs=dict(config.data.kwargs))
-      print(f"prepared {config.data.kind} at {path}")
-      dataset = tfds_builders.read_prepared(path)  # summarise what was written
-    else:
-      dataset = readers.load(config.data.kind, **config.data.kwargs)
-    print(summarize(dataset))
-    return 0
-  if command == "scaling":
-    from jaxvna.training import scaling
-    scaling.run(config, flags_values.workdir, force=flags_values.force)
-    return 0
-  if command == "dryrun":
-    from jaxvna.training import dryrun
-    dryrun.use_fake_devices(flags_values.devices)  # before JAX starts its backends
-    dryrun.run(config, flags_values.devices)
-    return 0
-  if command == "bench":
-    from jaxvna.training import bench
-    bench.run(config)
-    return 0
-  if command == "visualize":
-    from jaxvna.interpret import migvis
-    migvis.visualize(config, flags_values.workdir, force=flags_values.force)
-    return 0
-  if command == "interpret":
-    from jaxvna.interpret import dina
-    dina.run(config, flags_values.workdir, force=flags_values.force)
-    return 0
-  from jaxvna.training import train
-  if command == "train":
-    train.train_and_evaluate(config, flags_values.workdir, force=flags_values.force)
-  elif command == "eval":
-    train.evaluate_workdir(config, flags_values.workdir)
-  elif command == "demo":
-    train.demo(config, flags_values.workdir, force=flags_values.force)
+      COMMANDS[command].run(config, flags_values)
+  else:
+    COMMANDS[command].run(config, flags_values)
   return 0
 
 
@@ -144,7 +179,8 @@ def run(argv=None):
     return 0 if len(argv) >= 2 else 2
   command = argv[1]
   if command not in COMMANDS:
-    print(f"jaxvna: unknown command {command!r}; expected one of {COMMANDS}\n", file=sys.stderr)
+    print(f"jaxvna: unknown command {command!r}; expected one of {tuple(COMMANDS)}\n",
+          file=sys.stderr)
     print(_usage(), file=sys.stderr)
     return 2
   from absl import app

@@ -259,10 +259,11 @@ class VNA:
     config.model.embed_dim = embed_dim
     config.model.image_tower.type = image_tower
     config.eval.gabor_ridge = False
+    if "method" in config_overrides:
+      raise ValueError(f"method: the VNA estimator trains {config.method!r}; it cannot be "
+                       "overridden")
     for key, value in config_overrides.items():
       _set_field(config, key, value)
-    if config.method != "vna":
-      raise ValueError(f"method: VNA trains 'vna', got {config.method!r}")
     self.config = config
     self.workdir = workdir
 

@@ -254,3 +254,28 @@ def sigmoid_loss(img_emb: jax.Array, neu_emb: jax.Array, temperature, bias, *, m
                          temperature, bias)
   local = _sigmoid_gather_local if impl == "gather" else _sigmoid_ring_local
   return _sharded(local, mesh, axis_name, (img_emb, neu_emb), (temperature, bias))
+
+
+# --- Per-neuron and per-image losses of the direct baselines and VAEs ---------------------
+
+
+def poisson_nll(rates: jax.Array, counts: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean over recorded neurons of the Poisson negative log-likelihood (no log y! term).
+
+  rates, counts, mask: (B, K); entries where mask is False are ignored.
+  """
+  nll = rates - counts * jnp.log(rates + 1e-6)
+  return jnp.sum(jnp.where(mask, nll, 0.0)) / jnp.maximum(mask.sum(), 1)
+
+
+def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean squared error over entries where mask is True. All arrays (B, K)."""
+  return jnp.sum(jnp.where(mask, (pred - target) ** 2, 0.0)) / jnp.maximum(mask.sum(), 1)
+
+
+def negative_correlation(pred: jax.Array, target: jax.Array) -> jax.Array:
+  """1 - mean row-wise Pearson correlation. pred, target: (B, P)."""
+  p = pred - pred.mean(-1, keepdims=True)
+  t = target - target.mean(-1, keepdims=True)
+  r = (p * t).sum(-1) / jnp.sqrt((p * p).sum(-1) * (t * t).sum(-1) + 1e-8)
+  return 1.0 - r.mean()

@@ -39,17 +39,17 @@ def objective_single_and_sharded():
   passed to the objective when given."""
   import jax
 
-  from jaxvna.training import objectives, train
+  from jaxvna.training import train
 
   def run(config, model, params, batch, *, step=None, **objective_kwargs):
     extra = () if step is None else (step,)
     value = lambda f, p, bt: jax.value_and_grad(f, has_aux=True)(p, bt, jax.random.key(7),
                                                                  *extra)
-    single = objectives.make_objective(config, model, None, **objective_kwargs)
+    single = train.make_objective(config, model, None, **objective_kwargs)
     (loss1, metrics1), grads1 = jax.jit(lambda p, bt: value(single, p, bt))(params, batch)
     mesh = train.make_mesh()
     assert mesh.size == 8
-    sharded = objectives.make_objective(config, model, mesh, **objective_kwargs)
+    sharded = train.make_objective(config, model, mesh, **objective_kwargs)
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     with jax.set_mesh(mesh):
       (loss8, _), grads8 = jax.jit(lambda p, bt: value(sharded, p, bt))(

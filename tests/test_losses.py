@@ -242,3 +242,27 @@ def test_bad_input_is_rejected_with_a_clear_message():
     losses.sigmoid_loss(x, y, 0.1, 0.0, mesh=mesh, axis_name="batch")
   with pytest.raises(ValueError, match="temperature must be a scalar"):
     losses.clip_loss(x, y, jnp.ones(2))
+
+
+# --- Per-neuron and per-image losses ---------------------------------------------------
+
+
+def test_poisson_nll_ignores_masked_neurons_and_is_minimal_at_the_counts():
+  counts = jnp.array([[2.0, 5.0, 0.0]])
+  mask = jnp.array([[True, True, False]])
+  at_counts = losses.poisson_nll(counts + 1e-9, counts, mask)
+  assert losses.poisson_nll(counts * 1.5, counts, mask) > at_counts
+  # The masked entry (rate 100) does not count.
+  same = losses.poisson_nll(jnp.array([[2.0, 5.0, 100.0]]), counts, mask)
+  np.testing.assert_allclose(same, at_counts, rtol=1e-5)
+  expected = np.mean([2 - 2 * np.log(2), 5 - 5 * np.log(5)])
+  np.testing.assert_allclose(at_counts, expected, rtol=1e-5)
+
+
+def test_masked_mse_and_negative_correlation():
+  pred = jnp.array([[1.0, 2.0, 3.0]])
+  target = jnp.array([[1.0, 2.0, 9.0]])
+  mask = jnp.array([[True, True, False]])
+  assert float(losses.masked_mse(pred, target, mask)) == 0.0
+  np.testing.assert_allclose(losses.negative_correlation(pred, 2 * pred + 1), 0.0, atol=1e-6)
+  np.testing.assert_allclose(losses.negative_correlation(pred, -pred), 2.0, atol=1e-6)

@@ -22,6 +22,8 @@ per-level cosines (`models.dina.DINA.joint`).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from jaxvna import errors
@@ -29,27 +31,34 @@ from jaxvna.data import Dataset, Recording
 from jaxvna.evaluation import identification, predictivity
 
 
-def _batched(fn, *arrays, batch_size=512):
-  """Applies fn to row chunks of arrays (on device), returns the host concatenation."""
+def batched_apply(fn, *arrays, batch_size: int = 512) -> np.ndarray:
+  """`fn` (a jitted function of row-aligned arrays) applied to chunks of `batch_size` rows,
+  the host concatenation of its outputs: evaluation of any size in bounded device memory."""
   out = [np.asarray(fn(*(a[i:i + batch_size] for a in arrays)))
          for i in range(0, len(arrays[0]), batch_size)]
   return np.concatenate(out)
 
 
-def _padded(responses: np.ndarray, k_max: int) -> np.ndarray:
+def padded(responses: np.ndarray, k_max: int) -> np.ndarray:
+  """(..., K) responses zero-padded to (..., k_max), as a mixed-subject batch holds them."""
   pad = k_max - responses.shape[-1]
   return np.pad(responses, [(0, 0)] * (responses.ndim - 1) + [(0, pad)])
 
 
-def representations(config, model, params, rec: Recording, subject: int, k_max: int):
-  """Held-out representations of one recording for `config.method`.
+# represent(held_out, trials, subject, k_max) -> the representations of one recording's
+# held-out images that differ from the measured responses: image_repr (N, D) and, where
+# the method maps responses too, mean_repr (N, D), trial_repr (T, D), metric, predictivity.
+Represent = Callable[[Recording, np.ndarray, int, int], dict]
+
+
+def representations(config, rec: Recording, subject: int, k_max: int,
+                    represent: Represent) -> dict:
+  """Held-out representations of one recording, `represent` giving the method's part.
 
   Returns a dict: image_repr (N, D), mean_repr (N, D) from trial-averaged responses,
-  trial_repr (T, D) from single trials, trial_images (T,), metric.
+  trial_repr (T, D) from single trials, trial_images (T,), metric ("pearson" unless
+  `represent` says otherwise) and, if given, predictivity.
   """
-  import jax
-  from jaxvna.training import objectives
-
   idx = rec.indices(config.eval.split)
   if idx.size < 2:
     raise ValueError(f"recording {rec.name}: {idx.size} images in split "
@@ -58,31 +67,27 @@ def representations(config, model, params, rec: Recording, subject: int, k_max: 
   trials, trial_images = identification.single_trial_queries(held_out.responses)
   out = dict(mean_repr=held_out.mean_responses, trial_repr=trials, trial_images=trial_images,
              metric="pearson")
-  subject_ids = lambda n: np.full((n,), subject, np.int32)
-  variables = {"params": params}
-  images = (held_out.image_features if objectives.uses_image_features(config)
-            else held_out.images)
-  if config.method in ("vna", "dina"):
-    embed_img = jax.jit(lambda x: model.apply(variables, x, method=model.embed_images))
-    embed_resp = jax.jit(lambda r, s: model.apply(variables, r, s, method=model.embed_responses))
-    embed = lambda r: _batched(embed_resp, _padded(r, k_max), subject_ids(len(r)))
-    out.update(image_repr=_batched(embed_img, images), metric="cosine",
-               mean_repr=embed(out["mean_repr"]), trial_repr=embed(trials))
-  elif config.method == "direct_encoding":
-    predict = jax.jit(lambda x, s: model.apply(variables, x, s, train=False))
-    rates = _batched(predict, images, subject_ids(len(idx)))
-    out.update(image_repr=rates[:, :rec.num_neurons],
-               predictivity=predictivity.predictivity_report(rates[:, :rec.num_neurons],
-                                                             held_out.responses))
-  elif config.method == "direct_decoding":
-    recon = jax.jit(lambda r, s: model.apply(variables, r, s, train=False))
-    reconstruct = lambda r: _batched(recon, _padded(r, k_max), subject_ids(len(r)))
-    target = objectives.downsample_images(held_out.images, config.model.decoder_size)
-    out.update(image_repr=np.asarray(target), mean_repr=reconstruct(out["mean_repr"]),
-               trial_repr=reconstruct(trials))
-  else:
-    raise errors.ConfigError(f"config.method: unknown {config.method!r}")
+  out.update(represent(held_out, trials, subject, k_max))
   return out
+
+
+def embedding_represent(config, model, params) -> Represent:
+  """`Represent` of a dual encoder (a module with `embed_images` and `embed_responses`):
+  embeddings of the held-out images and responses, compared by cosine."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxvna.models import inputs  # pylint: disable=g-import-not-at-top
+  variables = {"params": params}
+  embed_img = jax.jit(lambda x: model.apply(variables, x, method=model.embed_images))
+  embed_resp = jax.jit(lambda r, s: model.apply(variables, r, s, method=model.embed_responses))
+
+  def represent(held_out: Recording, trials: np.ndarray, subject: int, k_max: int) -> dict:
+    embed = lambda r: batched_apply(embed_resp, padded(r, k_max),
+                                    np.full((len(r),), subject, np.int32))
+    images = (held_out.image_features if inputs.uses_image_features(config)
+              else held_out.images)
+    return dict(image_repr=batched_apply(embed_img, images), metric="cosine",
+                mean_repr=embed(held_out.mean_responses), trial_repr=embed(trials))
+  return represent
 
 
 def score_representations(reprs: dict, eval_config) -> dict:
@@ -118,17 +123,22 @@ def combine_subjects(per_subject: dict) -> dict:
   return np.asarray(numbers, np.float64).mean(axis=0).tolist() if numbers else None
 
 
-def evaluate_model(config, model, params, dataset: Dataset) -> dict:
+def evaluate_model(config, dataset: Dataset, represent: Represent) -> dict:
   """Discriminative decoding/encoding of a trained model, per subject and combined.
 
+  Args:
+    config: the run config (`eval` and `eval.split` are read).
+    dataset: the recordings to evaluate, in the order of the subject ids the model knows.
+    represent: the method's representations of held-out data (`Represent`).
+
   Returns {"decoding": {"<N>": {...}}, "encoding": ..., "single_trial": ...,
-  ["predictivity": ... for direct encoding,] "per_subject": {name: same structure}};
+  ["predictivity": ... for encoding models,] "per_subject": {name: same structure}};
   the top level is the mean over subjects.
   """
   k_max = max(dataset.neuron_counts)
   per_subject = {}
   for s, rec in enumerate(dataset.recordings):
-    reprs = representations(config, model, params, rec, s, k_max)
+    reprs = representations(config, rec, s, k_max, represent)
     per_subject[rec.name] = score_representations(reprs, config.eval)
   return dict(combine_subjects(per_subject), per_subject=per_subject)
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from jaxvna import registry
 from jaxvna.data.dataset import DataError, Dataset
 from jaxvna.errors import ConfigError
 
@@ -142,13 +143,6 @@ def _training_examples(config, dataset: Dataset) -> int:
   return len(source)
 
 
-def uses_poisson_likelihood(config) -> bool:
-  """True when the objective of `config.method` is a Poisson likelihood of the responses."""
-  if config.method == "direct_encoding":
-    return config.baseline.encoding_loss == "poisson"
-  return config.method in ("mivae", "group_vae")
-
-
 def check_training_data(config, dataset: Dataset, device_count: int) -> None:
   """What training `config` needs from `dataset`, checked before the first step.
 
@@ -169,17 +163,16 @@ def check_training_data(config, dataset: Dataset, device_count: int) -> None:
         f"config.data.train_fraction={config.data.train_fraction}) do not fill one batch of "
         f"config.train.batch_size={batch} without repeating examples; use a smaller batch "
         "or more training images")
-  if uses_poisson_likelihood(config):
+  if registry.get(config.method).poisson_likelihood(config):
     for rec in dataset.recordings:
       negative = np.nan_to_num(rec.responses, nan=0.0) < 0
       if negative.any():
-        hint = (" or set config.baseline.encoding_loss='mse'"
-                if config.method == "direct_encoding" else "")
         raise DataError(
             f"{rec.source or rec.name}: responses: {int(negative.sum())} negative values "
             f"(min {np.nanmin(rec.responses):.4g}); the {config.method} objective is a "
             f"Poisson likelihood of counts, which must be >= 0. Give spike counts or "
-            f"rates{hint}")
+            f"rates, or a non-Poisson loss where the method has one (direct encoding: "
+            f"config.baseline.encoding_loss='mse')")
 
 
 def check_evaluation_data(config, dataset: Dataset) -> None:

@@ -1,8 +1,9 @@
 """The trainer: one readable file that follows the life of a run.
 
 Sections: workdir and logging; mesh; input; model and optimiser; the step (one jitted
-pure function with donated state); checkpoints; evaluation; the loop. `demo` runs the
-VNA-vs-baselines comparison on top of `train_and_evaluate`.
+pure function with donated state); checkpoints; evaluation; the loop. The method a run
+trains is looked up by name (`registry.get(config.method)`); the commands (`jaxvna demo`,
+`scaling`, `bench`, `dryrun`, the methods' own verbs) are built on top of this file.
 
 Multi-process runs (`distributed`): every process runs this same code on one mesh over
 all devices, reads only its rows of each batch, and saves and restores checkpoints
@@ -25,12 +26,10 @@ from absl import logging
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxvna.data import Dataset, neuron_features, readers
-from jaxvna.data import pipeline
+from jaxvna import errors, files, registry
+from jaxvna.data import Dataset, pipeline, readers
 from jaxvna.evaluation import discriminative
-from jaxvna.models import diffusion, dina, migvis, mivae, towers
-from jaxvna import errors, files
-from jaxvna.training import checkpoint, distributed, objectives, preflight, workdir_lock
+from jaxvna.training import checkpoint, distributed, preflight, workdir_lock
 
 # Fields that may change between a run and its resumption (more steps, other evals).
 RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every", "eval",
@@ -160,26 +159,20 @@ class TrainState:
   opt_state: Any
 
 
-def make_model(config, dataset: Dataset):
+def make_model(config, dataset: Dataset, aux=None):
   """The module of `config.method` for the dataset's neuron counts and image shape."""
-  if config.method == "mivae":
-    return mivae.build_mivae(config, dataset.neuron_counts, dataset.image_shape)
-  if config.method == "dina":
-    return dina.build_dina(config, dataset.neuron_counts, dataset.image_shape)
-  if config.method in migvis.METHODS:
-    return migvis.build_model(config, dataset.neuron_counts)
-  if config.method == "diffusion":
-    return diffusion.build_unet(config)
-  return towers.build_model(config.model, method=config.method,
-                            num_neurons_per_subject=dataset.neuron_counts,
-                            image_shape=dataset.image_shape)
+  return registry.get(config.method).build_model(config, dataset, aux)
 
 
-def make_neuron_table(config, dataset: Dataset) -> dict | None:
-  """The miVAE's per-neuron features and standardisation of `dataset`'s subjects (else None)."""
-  if config.method != "mivae":
-    return None
-  return neuron_features.neuron_table(dataset, tuple(config.mivae.neuron_features))
+def prepare(config, dataset: Dataset):
+  """What `config.method` computes once from its training data before the model is built
+  (`registry.Method.prepare`: miVAE's neuron table; None for most methods)."""
+  return registry.get(config.method).prepare(config, dataset)
+
+
+def make_objective(config, model, mesh, aux=None):
+  """The objective of `config.method`: (params, batch, rng, step) -> (loss, metrics)."""
+  return registry.get(config.method).objective(config, model, mesh, aux)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -198,34 +191,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.apply_if_finite(tx, max_consecutive_errors=np.iinfo(np.int32).max)
 
 
-def _example_batch(config, dataset: Dataset):
-  """Zero inputs of batch size 1 with the dataset's shapes, for `model.init`."""
-  features = dataset.recordings[0].image_features
-  if objectives.uses_image_features(config) and features is not None:
-    images = jnp.zeros((1, features.shape[1]), jnp.float32)
-  else:
-    images = jnp.zeros((1, *dataset.image_shape), jnp.uint8)
-  return images, jnp.zeros((1, max(dataset.neuron_counts)), jnp.float32), jnp.zeros(
-      (1,), jnp.int32)
-
-
-def init_state(config, model, tx, dataset: Dataset, neuron_table: dict | None = None
-               ) -> TrainState:
-  images, responses, subject = _example_batch(config, dataset)
+def init_state(config, model, tx, dataset: Dataset, aux=None) -> TrainState:
+  args = registry.get(config.method).init_args(config, dataset, aux)
   rng = jax.random.key(config.seed)
-  if config.method == "mivae":
-    table = neuron_table if neuron_table is not None else make_neuron_table(config, dataset)
-    args = (images, responses, subject, jax.tree.map(jnp.asarray, table))
-  elif config.method in ("vna", "dina"):
-    args = (images, responses, subject)
-  elif config.method == "direct_encoding":
-    args = (images, subject)
-  elif config.method == "critic":
-    args = (images, jnp.zeros((1, sum(config.migvis.groups)), jnp.float32))
-  elif config.method == "diffusion":
-    args = (diffusion.to_model_space(images), jnp.zeros((1,), jnp.int32))
-  else:
-    args = (responses, subject)
   params = model.init({"params": rng, "dropout": rng, "latent": rng}, *args,
                       train=False)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
@@ -293,16 +261,15 @@ def _train(config, workdir: pathlib.Path, *, dataset: Dataset | None, force: boo
   check_workdir(config, workdir, force=force)
   primary = distributed.is_primary()
 
-  model = make_model(config, dataset)
+  aux = prepare(config, dataset)
+  model = make_model(config, dataset, aux)
   tx = make_optimizer(config)
-  table = make_neuron_table(config, dataset)
   replicated = NamedSharding(mesh, P())
   # One compiled program (not one per operation) that every process runs, each building
   # its devices' copies of the replicated state; the values equal the eager init's.
-  initial_state = jax.jit(lambda: init_state(config, model, tx, dataset, table),
+  initial_state = jax.jit(lambda: init_state(config, model, tx, dataset, aux),
                           out_shardings=replicated)
-  step_fn = make_train_step(
-      config, objectives.make_objective(config, model, mesh, neuron_table=table), tx)
+  step_fn = make_train_step(config, make_objective(config, model, mesh, aux), tx)
   batches = make_input(config, dataset, mesh)
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints)
@@ -379,19 +346,20 @@ def nonfinite_message(config, step: int, streak: int, metrics: dict,
 
 
 def training_dataset(config, dataset: Dataset) -> Dataset:
-  """The subjects a run trains on: all of them, except miVAE's held-out subjects."""
-  if config.method != "mivae":
-    return dataset
-  from jaxvna.evaluation import mivae as mivae_evaluation
-  return mivae_evaluation.split_subjects(config, dataset)[0]
+  """The subjects a run trains on (all of them, except e.g. miVAE's held-out subjects)."""
+  return registry.get(config.method).training_subjects(config, dataset)
 
 
 def evaluate(config, model, params, dataset: Dataset, workdir) -> dict:
-  """{method: results} on held-out images (miVAE: also held-out subjects and truth)."""
-  if config.method == "mivae":
-    from jaxvna.evaluation import mivae as mivae_evaluation
-    return {"mivae": mivae_evaluation.evaluate(config, model, params, dataset, workdir=workdir)}
-  return {config.method: discriminative.evaluate_model(config, model, params, dataset)}
+  """{name: results} of `config.method` on held-out data (`registry.Method.evaluate`)."""
+  method = registry.get(config.method)
+  if method.evaluate is not None:
+    return method.evaluate(config, model, params, dataset, workdir)
+  if method.represent is not None:
+    return {config.method: discriminative.evaluate_model(
+        config, dataset, method.represent(config, model, params))}
+  raise errors.ConfigError(f"config.method={config.method!r} has no evaluation of its own "
+                           f"(it is trained as a stage of {method.title})")
 
 
 def train_and_evaluate(config, workdir, *, force: bool = False, dataset: Dataset | None = None):
@@ -452,89 +420,3 @@ def evaluate_workdir(config, workdir):
     model = make_model(config, trained_on)
     _, state = restore_latest(config, model, trained_on, workdir)
     return evaluate_and_write(config, model, state.params, dataset, workdir)
-
-
-# ----------------------------------------------------------------------------
-# Demo: VNA against the baselines, same towers, data and budget
-# ----------------------------------------------------------------------------
-
-BASELINES = ("direct_encoding", "direct_decoding")
-
-
-def demo(config, workdir, *, force: bool = False) -> dict:
-  """Trains VNA and both direct baselines, fits Gabor-ridge, prints and plots the table."""
-  preflight.check_config(config)
-  workdir = pathlib.Path(workdir)
-  with workdir_lock.hold(workdir, command="demo"):
-    return _demo(config, workdir, force=force)
-
-
-def _demo(config, workdir: pathlib.Path, *, force: bool) -> dict:
-  dataset = load_dataset(config)
-  preflight.check_evaluation_data(config, dataset)
-  method_configs = {}
-  for method in ("vna",) + BASELINES:
-    method_configs[method] = config.copy_and_resolve_references()
-    with method_configs[method].unlocked():
-      method_configs[method].method = method
-    # Before any training: a baseline the data cannot train would fail only at its turn.
-    preflight.check_training_data(method_configs[method], dataset, jax.device_count())
-  results = {}
-  for method, method_config in method_configs.items():
-    out = train_and_evaluate(method_config, workdir / method, force=force, dataset=dataset)
-    results[method] = out["results"][method]
-  if config.eval.gabor_ridge:
-    results["gabor_ridge"] = discriminative.evaluate_gabor_ridge(config, dataset)
-  out = {"dataset": dataset.name, "results": results}
-  if distributed.is_primary():
-    files.write_json(workdir / "results.json", out)
-    print(results_table(results))
-    plot_results(results, workdir / "demo.png", title=f"{dataset.name}: held-out images")
-    print(f"\nresults: {workdir / 'results.json'}   plot: {workdir / 'demo.png'}")
-  return out
-
-
-def results_table(results: dict) -> str:
-  """Top-1 accuracy (and 95% CI) of every method, task and N, as a text table."""
-  n_ways = list(next(iter(results.values()))["decoding"])
-  lines = [f"{'method':<17}{'task':<10}" + "".join(f"{'N=' + n:>18}" for n in n_ways)]
-  for method, res in results.items():
-    for task in ("decoding", "encoding"):
-      cells = []
-      for n in n_ways:
-        r = res[task][n]
-        cells.append(f"{r['top1']:.3f} [{r['top1_ci95'][0]:.2f},{r['top1_ci95'][1]:.2f}]")
-      lines.append(f"{method:<17}{task:<10}" + "".join(f"{c:>18}" for c in cells))
-  return "top-1 accuracy, trial-averaged responses, mean over subjects [95% CI]\n" + "\n".join(lines)
-
-
-def plot_results(results: dict, path, *, title: str = "") -> None:
-  """PNG: top-1 accuracy vs N for every method, one panel per task, chance dashed."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import matplotlib.ticker
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-  for ax, task in zip(axes, ("decoding", "encoding")):
-    for method, res in results.items():
-      keys = list(res[task])
-      xs = [res[task][k]["num_candidates"] if k == "all" else int(k) for k in keys]
-      ys = [res[task][k]["top1"] for k in keys]
-      lo = [res[task][k]["top1_ci95"][0] for k in keys]
-      hi = [res[task][k]["top1_ci95"][1] for k in keys]
-      ax.plot(xs, ys, marker="o", label=method)
-      ax.fill_between(xs, lo, hi, alpha=0.2)
-    first = next(iter(results.values()))[task]
-    xs = [first[k]["num_candidates"] if k == "all" else int(k) for k in first]
-    ax.plot(xs, [1 / x for x in xs], "k--", label="chance")
-    ax.set_xscale("log")
-    ax.set_xticks(xs, [str(x) for x in xs])  # the N evaluated, not log-scale minor labels
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.set_xlabel("N (candidates)")
-    ax.set_title(f"discriminative {task}")
-  axes[0].set_ylabel("top-1 accuracy")
-  axes[1].legend()
-  fig.suptitle(title)
-  fig.tight_layout()
-  files.save_figure(fig, path, dpi=120)
-  plt.close(fig)

@@ -262,16 +262,20 @@ def test_save_killed_by_sigkill_restores_a_complete_step(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
   child = subprocess.Popen([sys.executable, "-c", _SAVE_FOREVER, str(directory)], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  deadline = time.monotonic() + 12
+  # Kill once two steps are finished, preferably while a third is being written: the
+  # child may take long to start on a loaded machine, so the wait for a save in flight
+  # starts only once two steps are on disk.
+  deadline = time.monotonic() + 180
   killed_mid_save = False
   try:
-    # Kill once two steps are finished, preferably while a third is being written.
     while time.monotonic() < deadline and child.poll() is None:
       names = os.listdir(directory) if directory.is_dir() else []
       finished = [n for n in names if n.isdigit()]
       killed_mid_save = any(".orbax-checkpoint-tmp" in n for n in names)
-      if len(finished) >= 2 and killed_mid_save:
-        break
+      if len(finished) >= 2:
+        if killed_mid_save:
+          break
+        deadline = min(deadline, time.monotonic() + 10)
       time.sleep(0.005)
   finally:
     child.send_signal(signal.SIGKILL)

@@ -10,7 +10,7 @@ import pytest
 
 from jaxvna.configs import vna_sim
 from jaxvna.data import pipeline, readers
-from jaxvna.training import objectives, train
+from jaxvna.training import train
 
 @pytest.fixture(scope="module")
 def tiny_dataset():
@@ -46,7 +46,7 @@ def test_bfloat16_step_keeps_float32_state_and_computes_the_loss_in_float32(tiny
   mesh = train.make_mesh()
   model = train.make_model(config, tiny_dataset)
   tx = train.make_optimizer(config)
-  objective = objectives.make_objective(config, model, mesh)
+  objective = train.make_objective(config, model, mesh)
   state = jax.eval_shape(lambda: train.init_state(config, model, tx, tiny_dataset))
   batch = next(pipeline.make_train_iterator(
       pipeline.DatasetSource(tiny_dataset, "train"), global_batch_size=64, mesh=mesh, seed=0))
@@ -91,7 +91,7 @@ def test_bfloat16_training_lowers_the_loss(tmp_path, tiny_dataset):
   with jax.set_mesh(mesh):
     bf16_loss, f32_loss = (
         jax.jit(objective)(params, batch, jax.random.key(1), jnp.int32(80))[0]
-        for objective in (objectives.make_objective(config, model, mesh),
-                          objectives.make_objective(f32, train.make_model(f32, tiny_dataset),
+        for objective in (train.make_objective(config, model, mesh),
+                          train.make_objective(f32, train.make_model(f32, tiny_dataset),
                                                     mesh)))
   np.testing.assert_allclose(float(bf16_loss), float(f32_loss), rtol=5e-3)  # measured 3e-4

@@ -16,7 +16,7 @@ import pytest
 
 from jaxvna.configs import vna_sim
 from jaxvna.data import readers
-from jaxvna.training import checkpoint, objectives, train
+from jaxvna.training import checkpoint, train
 
 TINY_DATA = dict(seed=0, num_subjects=2, num_images=600, image_size=32,
                  neurons_per_subject=(60, 40), spatial_frequency_range=(2.0, 8.0))
@@ -88,7 +88,7 @@ def test_nan_batch_is_skipped_and_counted(tiny_dataset):
   tx = train.make_optimizer(config)
   state = train.init_state(config, model, tx, tiny_dataset)
   before = jax.tree.map(np.asarray, state.params)
-  step = train.make_train_step(config, objectives.make_objective(config, model, mesh), tx)
+  step = train.make_train_step(config, train.make_objective(config, model, mesh), tx)
   k = max(tiny_dataset.neuron_counts)
   batch = {"image": jnp.zeros((64, 32, 32, 1), jnp.uint8),
            "response": jnp.full((64, k), jnp.nan, jnp.float32),

@@ -1,0 +1,5 @@
+"""The commands built on top of the trainer, one module each: `demo` (VNA against the
+baselines), `scaling` (error against training-set size), `bench` (the step against the
+matmul peak), `dryrun` (compile for N devices without running). `jaxvna/cli.py` maps each
+command-line verb to one of these, or to a verb a method adds (`registry.Method.commands`).
+"""

@@ -1,1 +1,0 @@
-"""Interpretation: tracing latents back to pixels and neurons (`attribution`)."""

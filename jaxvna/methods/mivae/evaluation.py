@@ -1,0 +1,238 @@
+"""Evaluation of a trained miVAE: identification within and across subjects, and, on the
+simulator, identifiability and attribution against the truth.
+
+Reported under `results.mivae` (see `evaluate`):
+  decoding / encoding / single_trial   discriminative scores on the TRAINING subjects'
+                                       held-out images (cosine of posterior means of
+                                       z_x^c and z_y^c), mean over subjects;
+  zero_shot                            the same on subjects held out of training, embedded
+                                       from their neuron features with no parameter update;
+  zero_shot_ratio                      zero-shot / within-subject N-way top-1 (N =
+                                       mivae.ratio_n_way, mean of decoding and encoding);
+  held_out_elbo                        neural ELBO per neuron and trial on held-out images
+                                       of the training subjects (nats; higher is better);
+  mcc, mcc_image, mcc_zero_shot        mean correlation coefficient (Hungarian matching)
+                                       of z_x^c (trial-averaged responses), of z_y^c, and of
+                                       z_x^c of held-out subjects against the true latents;
+  rf_corr                              pixel attribution of each matched z_y^c dimension vs
+                                       the true receptive field of its latent factor, both
+                                       Gaussian-smoothed by `mivae.map_smoothing` pixels;
+  responsive_auc                       neuron attribution (summed over latents) vs the
+                                       true responsive mask, ROC AUC, mean over subjects;
+  neuron_groups                        sizes of the k-means groups of neuron profiles.
+Figures: `mivae_pixel_maps.png` (attribution per latent over the truth) and
+`mivae_neuron_groups.png` in the workdir.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+from scipy import ndimage
+
+from jaxvna import errors
+from jaxvna.data import Dataset
+from jaxvna.evaluation import discriminative, identifiability, identification
+from jaxvna.methods.mivae import attribution, neuron_features
+from jaxvna.methods.mivae import modules as mivae
+from jaxvna.models import inputs
+
+
+def split_subjects(config, dataset: Dataset) -> tuple[Dataset, tuple[str, ...]]:
+  """(training dataset, held-out names) from `config.mivae.holdout_subjects`."""
+  names = [rec.name for rec in dataset.recordings]
+  holdout = tuple(config.mivae.holdout_subjects)
+  unknown = [h for h in holdout if h not in names]
+  if unknown:
+    raise errors.ConfigError(f"config.mivae.holdout_subjects: {unknown} are not recordings of "
+                     f"{dataset.name} ({names})")
+  kept = [n for n in names if n not in holdout]
+  if not kept:
+    raise errors.ConfigError("config.mivae.holdout_subjects: every subject is held out; none to train on")
+  return dataset.select(kept), holdout
+
+
+def axis_rotation(config, params, train_ds: Dataset) -> np.ndarray | None:
+  """The rotation that fixes the shared latent axes (`mivae.rotate_axes`): "varimax" of
+  the training subjects' decoder loadings, or None (axes as trained)."""
+  kind = config.mivae.rotate_axes
+  if kind is None:
+    return None
+  if kind != "varimax":
+    raise errors.ConfigError(f"config.mivae.rotate_axes: unknown {kind!r}; expected 'varimax' or None")
+  loadings = np.asarray(params["neural_decoder"]["loadings"])
+  stacked = np.concatenate([loadings[s, :k] for s, k in enumerate(train_ds.neuron_counts)])
+  return mivae.varimax(stacked).astype(np.float32)
+
+
+class Encoders:
+  """Jitted posterior means of a trained miVAE, for images and for any subject's responses,
+  in the axes given by `rotation` (C, C) when set."""
+
+  def __init__(self, model, params, table: dict, rotation: np.ndarray | None = None):
+    import jax
+    import jax.numpy as jnp
+    first = params["neural_encoder"]
+    first = first["feature_mlp0"] if "feature_mlp0" in first else first["neuron_weights"]
+    neuron_features.check_feature_dim(table, first["kernel"].shape[0], "miVAE neuron table")
+    self.table = {k: jnp.asarray(v) for k, v in table.items()}
+    variables = {"params": params}
+    self.k_max = table["mask"].shape[1]
+    rotate = ((lambda g: g) if rotation is None else
+              (lambda g: mivae.rotate_gaussian(*g, jnp.asarray(rotation))))
+    self._images = jax.jit(lambda x: rotate(
+        model.apply(variables, x, method=model.encode_images)["shared"]))
+    self._responses = jax.jit(lambda r, s, std: rotate(model.apply(
+        variables, r, s, self.table, standardized=std, method=model.encode_responses)["shared"]),
+        static_argnums=2)
+    self._standardize = jax.jit(lambda r, s: mivae.standardize_responses(r, s, self.table))
+
+  def images(self, images) -> np.ndarray:
+    """(N, ...) images -> (N, C) means of z_y^c."""
+    return discriminative.batched_apply(lambda x: self._images(x)[0], images)
+
+  def responses(self, responses, subject: int) -> np.ndarray:
+    """(N, K_s) counts of table row `subject` -> (N, C) means of z_x^c."""
+    padded = discriminative.padded(responses, self.k_max)
+    subjects = np.full((len(padded),), subject, np.int32)
+    return discriminative.batched_apply(lambda r, s: self._responses(r, s, False)[0],
+                                   padded, subjects)
+
+  def standardized(self, responses, subject: int) -> np.ndarray:
+    padded = discriminative.padded(responses, self.k_max)
+    return discriminative.batched_apply(self._standardize, padded,
+                                   np.full((len(padded),), subject, np.int32))
+
+  def image_encoder(self):
+    """x -> (mu, logvar) of z_y^c, for attribution."""
+    return self._images
+
+  def response_encoder(self, subject: int):
+    """standardised (B, K_max) -> (mu, logvar) of z_x^c of table row `subject`."""
+    import jax.numpy as jnp
+    return lambda x: self._responses(x, jnp.full((x.shape[0],), subject, jnp.int32), True)
+
+
+def subject_representations(enc: Encoders, rec, subject: int, split: str) -> dict:
+  """Held-out posterior means of one recording, in `score_representations`' format."""
+  held_out = rec.subset(rec.indices(split))
+  trials, trial_images = identification.single_trial_queries(held_out.responses)
+  return dict(image_repr=enc.images(held_out.images), mean_repr=enc.responses(
+      held_out.mean_responses, subject), trial_repr=enc.responses(trials, subject),
+      trial_images=trial_images, metric="cosine")
+
+
+def held_out_elbo(config, model, params, dataset: Dataset, table: dict) -> float:
+  """Neural ELBO (log p(x|z) - KL terms) per neuron and trial on the held-out images of
+  `dataset`'s subjects (the training subjects, table rows in the same order)."""
+  import jax
+  import jax.numpy as jnp
+  jtable = {k: jnp.asarray(v) for k, v in table.items()}
+  k_max = table["mask"].shape[1]
+
+  @jax.jit
+  def elbo(images, responses, subject):
+    out = model.apply({"params": params}, images, responses, subject, jtable, train=False)
+    mask = jtable["mask"][subject]
+    terms = mivae.elbo_terms(out, responses, mask, inputs.downsample_images(
+        images, config.model.decoder_size))
+    return -(terms["neural_nll"] + terms["kl_shared"] + terms["kl_subject"]), mask.sum(-1)
+
+  total, neurons = 0.0, 0
+  for s, rec in enumerate(dataset.recordings):
+    held_out = rec.subset(rec.indices(config.eval.split))
+    trials, trial_images = identification.single_trial_queries(held_out.responses)
+    padded = discriminative.padded(trials, k_max)
+    for i in range(0, len(padded), 512):
+      e, n = elbo(held_out.images[trial_images[i:i + 512]], padded[i:i + 512],
+                  np.full((len(padded[i:i + 512]),), s, np.int32))
+      total += float(np.sum(e))
+      neurons += int(np.sum(n))
+  return total / max(neurons, 1)
+
+
+def _ratio(zero_shot: dict, within: dict, n_way: str) -> float:
+  z = np.mean([zero_shot[t][n_way]["top1"] for t in ("decoding", "encoding")])
+  w = np.mean([within[t][n_way]["top1"] for t in ("decoding", "encoding")])
+  return float(z / w)
+
+
+def attribution_scores(config, enc: Encoders, dataset: Dataset, train_names, workdir) -> dict:
+  """Score-based attribution of the shared latents to pixels and neurons, with figures;
+  against the simulator's truth (MCC, rf_corr, responsive_auc) where recordings carry it."""
+  import jax
+  split, m = config.eval.split, config.mivae
+  has_truth = all(rec.truth is not None and "latents" in rec.truth for rec in dataset.recordings)
+  out, mcc, mcc_zero, auc, profiles_all = {}, [], [], [], []
+  for s, rec in enumerate(dataset.recordings):
+    held_out = rec.subset(rec.indices(split))
+    if has_truth:
+      score, _, _ = identifiability.mean_correlation_coefficient(
+          enc.responses(held_out.mean_responses, s), rec.truth["latents"][rec.indices(split)])
+      (mcc if rec.name in train_names else mcc_zero).append(score)
+    if rec.name in train_names:
+      trials, _ = identification.single_trial_queries(held_out.responses)
+      x = enc.standardized(trials[:m.attribution_stimuli], s)
+      maps = attribution.score_attribution(enc.response_encoder(s), x, jax.random.key(s),
+                                           num_samples=m.attribution_samples)
+      profiles = maps[:, :rec.num_neurons].T                      # (K, C)
+      responsive = None if rec.truth is None else rec.truth.get("responsive")
+      if responsive is not None and responsive.any() and not responsive.all():
+        auc.append(identifiability.roc_auc(profiles.sum(1), responsive))
+      profiles_all.append(profiles)
+
+  rec = dataset[train_names[0]]
+  idx = rec.indices(split)
+  images = rec.images[idx[:m.attribution_stimuli]].astype(np.float32) / 255.0
+  pixel = attribution.score_attribution(enc.image_encoder(), images, jax.random.key(0),
+                                        num_samples=m.attribution_samples).sum(-1)  # (C, H, W)
+  # Gradients through strided convolutions alias at the pixel scale (a checkerboard), in
+  # the learned maps and in the truth alike: compare and show both at `map_smoothing`.
+  smooth = lambda a: ndimage.gaussian_filter(a, m.map_smoothing)
+  pixel = np.stack([smooth(p) for p in pixel])
+  rows, cols, reference = np.arange(len(pixel)), None, None
+  if has_truth:
+    mcc_image, rows, cols = identifiability.mean_correlation_coefficient(
+        enc.images(rec.images[idx]), rec.truth["latents"][idx])
+    reference = np.stack([smooth(r) for r in rec.truth["latent_rf"][cols]])
+    out.update(
+        mcc=float(np.mean(mcc)), mcc_image=mcc_image,
+        mcc_zero_shot=float(np.mean(mcc_zero)) if mcc_zero else None,
+        rf_corr=float(np.mean([identifiability.map_correlation(pixel[r], ref)
+                               for r, ref in zip(rows, reference)])),
+        responsive_auc=float(np.mean(auc)) if auc else None)
+  profiles = np.concatenate(profiles_all)
+  labels, _ = attribution.neuron_groups(profiles, m.neuron_groups, seed=config.seed)
+  out["neuron_groups"] = np.bincount(labels, minlength=m.neuron_groups).tolist()
+  if workdir is not None:
+    workdir = pathlib.Path(workdir)
+    titles = ([f"z{j}" for j in rows] if cols is None
+              else [f"z{r}~latent{c}" for r, c in zip(rows, cols)])
+    attribution.plot_pixel_maps(pixel[rows], workdir / "mivae_pixel_maps.png",
+                                reference=reference, titles=titles)
+    attribution.plot_neuron_groups(profiles, labels, workdir / "mivae_neuron_groups.png",
+                                   title="miVAE neuron groups (training subjects)")
+  return out
+
+
+def evaluate(config, model, params, dataset: Dataset, *, workdir=None) -> dict:
+  """All miVAE results of a model trained on `dataset` minus `mivae.holdout_subjects`."""
+  train_ds, holdout = split_subjects(config, dataset)
+  kinds = tuple(config.mivae.neuron_features)
+  table = neuron_features.neuron_table(dataset, kinds)
+  enc = Encoders(model, params, table, axis_rotation(config, params, train_ds))
+  per_subject = {rec.name: discriminative.score_representations(
+      subject_representations(enc, rec, s, config.eval.split), config.eval)
+      for s, rec in enumerate(dataset.recordings)}
+  train_names = [rec.name for rec in train_ds.recordings]
+  within = discriminative.combine_subjects({n: per_subject[n] for n in train_names})
+  out = dict(within, per_subject=per_subject)
+  if holdout:
+    zero_shot = discriminative.combine_subjects({n: per_subject[n] for n in holdout})
+    out["zero_shot"] = zero_shot
+    out["zero_shot_ratio"] = _ratio(zero_shot, within, str(config.mivae.ratio_n_way))
+  train_table = neuron_features.neuron_table(train_ds, kinds)
+  out["held_out_elbo"] = held_out_elbo(config, model, params, train_ds, train_table)
+  out.update(attribution_scores(config, enc, dataset, train_names, workdir))
+  return out

@@ -1,0 +1,83 @@
+"""MIG-Vis end to end on a tiny simulation: stage configs, visualize.json, grids."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxvna import cli
+from jaxvna.configs import migvis_sim
+from jaxvna.methods.migvis import visualize as migvis
+from jaxvna.methods.migvis import diffusion
+from jaxvna.methods.migvis import modules as migvis_models
+
+
+def test_stage_config_keeps_only_what_the_stage_reads():
+  config = migvis_sim.get_config()
+  vae = migvis.stage_config(config, "group_vae")
+  assert vae.method == "group_vae" and vae.train.steps == config.stages.group_vae.steps
+  assert "critic" not in vae and "diffusion" not in vae and "stages" not in vae
+  unet = migvis.stage_config(config, "diffusion")
+  assert "migvis" not in unet and unet.optim.lr == config.stages.diffusion.lr
+  assert "migvis" in migvis.stage_config(config, "critic")  # the critic reads the groups
+
+
+def test_visualize_end_to_end(tmp_path):
+  config = migvis_sim.get_config("tiny")
+  out = migvis.visualize(config, tmp_path)
+  saved = json.loads((tmp_path / "visualize.json").read_text())
+  assert saved["target_shift"] == pytest.approx(out["target_shift"])
+  for key in ("target_shift", "offtarget_shift", "unguided_shift", "critic", "per_scale",
+              "critic_mi_bound", "disentanglement", "true_factor_shift", "target_met"):
+    assert key in saved
+  assert [s["scale"] for s in saved["per_scale"]] == [1.0, 5.0]
+  assert len(saved["true_factor_shift"]) == 2 and len(saved["true_factor_shift"][0]) == 4
+  assert saved["figures"] == ["migvis_group0.png", "migvis_group1.png"]
+  assert all((tmp_path / f).stat().st_size > 0 for f in saved["figures"])
+  for stage in ("group_vae", "critic", "diffusion"):
+    assert json.loads((tmp_path / stage / "summary.json").read_text())["steps"] == 3
+
+
+def test_visualize_is_a_command():
+  assert "visualize" in cli.COMMANDS and "visualize" in cli.__doc__
+  config = migvis_sim.get_config("tiny")
+  config.eval.migvis.readout = "eeg"
+  with pytest.raises(ValueError, match="unknown 'eeg'"):
+    migvis.response_model(config, None, None, None, False)
+
+
+def test_projected_guidance_holds_the_critics_reading_of_the_other_groups():
+  config = migvis_sim.get_config("tiny")
+  config.migvis.groups = (1, 2, 1)
+  config.eval.migvis.ddim_steps = 4
+  images = jax.random.uniform(jax.random.key(0), (8, 8, 8, 1))
+  critic, unet = migvis_models.build_critic(config), diffusion.build_unet(config)
+  critic_params = critic.init(jax.random.key(1), images, jnp.zeros((1, 4)), train=False)["params"]
+  unet_params = unet.init(jax.random.key(2), images, jnp.zeros((8,), jnp.int32))["params"]
+  reference = jax.random.normal(jax.random.key(3), (16, 4))
+  targets = jnp.tile(reference[:1], (8, 1))
+  read = lambda x: critic.apply({"params": critic_params}, diffusion.to_pixels(x) / 255.0,
+                                reference, method=critic.expected_values)
+  x = diffusion.to_model_space(images * 255.0)
+  changes = {}
+  for guidance in migvis.GUIDANCES:
+    config.eval.migvis.guidance = guidance
+    editor = migvis.Editor(unet, unet_params, critic, critic_params, config)
+    x_t = editor.start(x, jnp.zeros_like(x))
+    # Guide group 1 (columns 1-2); hold columns 0 and 3.
+    edited = editor.guided(x_t, targets, reference, jnp.asarray([0.0, 1.0, 0.0]),
+                           jnp.asarray([1.0, 0.0, 0.0, 1.0]), jnp.float32(3.0))
+    changes[guidance] = np.abs(np.asarray(read(edited) - read(editor.unguided(x_t))))
+  assert changes["target"][:, 1:3].mean() > 0.01
+  assert changes["projected"][:, 1:3].mean() > 0.2 * changes["target"][:, 1:3].mean()
+  held = lambda c: c[:, [0, 3]].mean()
+  assert held(changes["projected"]) < 0.3 * held(changes["target"])
+
+
+def test_unknown_guidance():
+  config = migvis_sim.get_config("tiny")
+  config.eval.migvis.guidance = "both"
+  with pytest.raises(ValueError, match="unknown 'both'"):
+    migvis.Editor(None, None, None, None, config)

@@ -1,0 +1,84 @@
+"""miVAE end to end on a tiny simulator: results.mivae, zero-shot subjects, truth scores,
+figures; the held-out ELBO improves with 4x the training data; bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxvna.configs import mivae_sim
+from jaxvna.data import DataError, readers
+from jaxvna.methods.mivae import neuron_features
+from jaxvna.methods.mivae import evaluation as mivae_evaluation
+from jaxvna.training import train
+
+def tiny_config(steps=150):
+  c = mivae_sim.get_config("tiny")
+  c.train.steps = steps
+  return c
+
+
+@pytest.fixture(scope="module")
+def dataset():
+  return readers.load("simulator", **mivae_sim.get_config("tiny").data.kwargs)
+
+
+def test_train_reports_mivae_results(tmp_path, dataset):
+  config = tiny_config()
+  out = train.train_and_evaluate(config, tmp_path, dataset=dataset)
+  r = out["results"]["mivae"]
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved["results"]["mivae"]["mcc"] == pytest.approx(r["mcc"])
+  # Trained on subjects 0 and 1 only; subject2 is embedded zero-shot.
+  assert set(r["per_subject"]) == {"subject0", "subject1", "subject2"}
+  assert json.loads((tmp_path / "summary.json").read_text())["steps"] == config.train.steps
+  for task in ("decoding", "encoding"):            # above chance (0.1), CI included
+    assert r[task]["10"]["top1_ci95"][0] > 0.1
+    assert r["zero_shot"][task]["10"]["top1_ci95"][0] > 0.1
+  assert 0 < r["zero_shot_ratio"] < 2
+  for key in ("mcc", "mcc_image", "mcc_zero_shot", "rf_corr"):
+    assert -1 <= r[key] <= 1
+  assert r["mcc"] > 0.3
+  assert r["responsive_auc"] > 0.6
+  assert r["held_out_elbo"] < 0 and np.isfinite(r["held_out_elbo"])
+  assert sum(r["neuron_groups"]) == 60 + 50
+  assert (tmp_path / "mivae_pixel_maps.png").exists()
+  assert (tmp_path / "mivae_neuron_groups.png").exists()
+  # `jaxvna eval` re-evaluates the checkpoint to the same numbers.
+  again = train.evaluate_workdir(config, tmp_path)["results"]["mivae"]
+  assert again["mcc"] == pytest.approx(r["mcc"], abs=1e-6)
+  assert again["zero_shot_ratio"] == pytest.approx(r["zero_shot_ratio"], abs=1e-6)
+
+
+def test_held_out_elbo_improves_with_four_times_the_data(tmp_path, dataset):
+  elbos = {}
+  for fraction in (0.25, 1.0):
+    config = tiny_config(steps=300)
+    config.mivae.elbo_weight = 1.0   # the generative model's fit is what is measured here
+    config.data.train_fraction = fraction
+    trained_on = train.training_dataset(config, dataset)
+    model, params, _ = train.train(config, tmp_path / str(fraction), dataset=trained_on)
+    table = train.prepare(config, trained_on)
+    elbos[fraction] = mivae_evaluation.held_out_elbo(config, model, params, trained_on, table)
+  assert elbos[1.0] > elbos[0.25]
+
+
+def test_unknown_or_all_held_out_subjects_are_refused(dataset):
+  config = tiny_config()
+  config.mivae.holdout_subjects = ("subject9",)
+  with pytest.raises(ValueError, match=r"\['subject9'\] are not recordings"):
+    mivae_evaluation.split_subjects(config, dataset)
+  config.mivae.holdout_subjects = ("subject0", "subject1", "subject2")
+  with pytest.raises(ValueError, match="every subject is held out"):
+    mivae_evaluation.split_subjects(config, dataset)
+
+
+def test_held_out_subject_with_another_feature_dimension_is_refused(dataset):
+  config = tiny_config(steps=1)
+  trained_on = train.training_dataset(config, dataset)
+  model = train.make_model(config, trained_on)
+  state = train.init_state(config, model, train.make_optimizer(config), trained_on)
+  table = neuron_features.neuron_table(dataset, ("tuning",), features=[
+      np.ones((rec.num_neurons, 5), np.float32) for rec in dataset.recordings])
+  with pytest.raises(DataError, match="dimension 5; the model was trained with 100"):
+    mivae_evaluation.Encoders(model, state.params, table)
