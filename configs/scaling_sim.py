@@ -56,18 +56,8 @@ def get_config(arg: str = "vna"):
 
 
 def _make_tiny(c):
-  c.data.kwargs = ml_collections.ConfigDict(dict(
-      seed=0, num_subjects=2, num_images=600, image_size=32, neurons_per_subject=(60, 40),
-      spatial_frequency_range=(2.0, 8.0)))
-  c.model.embed_dim = 32
-  c.model.image_tower = ml_collections.ConfigDict(dict(
-      type="mlp", channels=(8, 16), front_end=None, hidden=(128,)))
-  c.model.neural_tower = ml_collections.ConfigDict(dict(
-      readin_dim=32, hidden=(64,), neuron_dropout=0.1, preprocess="log1p"))
-  c.optim.warmup_steps = 5
-  c.optim.lr = 3e-3
+  vna_sim.make_tiny(c)
   c.train.steps = 40
-  c.train.batch_size = 64
   c.train.checkpoint_every = 40
-  c.eval.n_ways = (2, 10)
+  c.train.log_every = 50
   c.eval.draws = 20

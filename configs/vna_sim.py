@@ -67,11 +67,12 @@ def get_config(arg: str = "vna"):
   c.eval = ml_collections.ConfigDict(dict(
       split="test", n_ways=(2, 10, 50, 100, "all"), draws=200, seed=0, gabor_ridge=True))
   if tiny:
-    _make_tiny(c)
+    make_tiny(c)
   return c
 
 
-def _make_tiny(c):
+def make_tiny(c):
+  """Shrinks `c` in place to the tiny variant (configs that build on this one reuse it)."""
   c.data.kwargs = ml_collections.ConfigDict(dict(
       seed=0, num_subjects=2, num_images=600, image_size=32, neurons_per_subject=(60, 40),
       spatial_frequency_range=(2.0, 8.0)))

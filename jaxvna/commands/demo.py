@@ -81,7 +81,7 @@ def plot_results(results: dict, path, *, title: str = "") -> None:
     xs = [first[k]["num_candidates"] if k == "all" else int(k) for k in first]
     ax.plot(xs, [1 / x for x in xs], "k--", label="chance")
     ax.set_xscale("log")
-    ax.set_xticks(xs, [str(x) for x in xs])  # the N evaluated, not log-scale minor labels
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])  # the N evaluated, not log-scale minor labels
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("N (candidates)")
     ax.set_title(f"discriminative {task}")
