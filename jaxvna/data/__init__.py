@@ -1,4 +1,6 @@
-"""Data: the common in-memory structure, the simulator, readers, TFDS builders, pipeline."""
+"""Data: the common in-memory structure (`dataset`), the ground-truth simulator
+(`simulator`), readers of real recordings (`readers`), TFDS ArrayRecord copies
+(`tfds_builders`) and the grain input pipeline (`pipeline`)."""
 
 from jaxvna.data.dataset import DataError, Dataset, Recording, SPLITS, summarize
 

@@ -1,5 +1,8 @@
-"""Evaluation: discriminative identification (`identification`) and neural predictivity
-(`predictivity`). Both are plain numpy, so importing them stays light."""
+"""Metrics: N-way discriminative identification (`identification`), neural predictivity
+(`predictivity`), latent recovery against a ground truth (`identifiability`: MCC),
+disentanglement scores (`disentanglement`: MIG, SAP), and the per-subject evaluation of a
+method's held-out representations (`discriminative`). The first two are re-exported here;
+all are plain numpy at import, so importing them stays light."""
 
 from jaxvna.evaluation.identification import (
     cosine_similarity, discriminative_scores, discriminative_similarity,

@@ -1,7 +1,7 @@
 """Discriminative decoding and encoding of a trained model on held-out images.
 
 Every method answers both questions through two representations of the held-out data of
-one subject, compared by one similarity (science.md):
+one subject, compared by one similarity:
 
   method            image representation          response representation    similarity
   vna               image embedding               response embedding         cosine

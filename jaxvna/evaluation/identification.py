@@ -1,6 +1,6 @@
 """Discriminative identification: N-way top-k accuracy from a similarity matrix.
 
-The two discriminative tasks (science.md, "Discriminative tasks"):
+The two discriminative tasks (as in the VNA paper, README "VNA: training and evaluation"):
   decoding: a query is a response (single trial or trial-averaged); the candidates are
             images; the true candidate is the image that caused the response.
   encoding: a query is an image; the candidates are responses; the true candidate is

@@ -1,5 +1,10 @@
-"""Models: the Flax towers of the dual encoder and baselines (`towers`), and the numpy
-Gabor-energy + ridge baseline (`gabor_ridge`).
+"""Layers and towers shared by the methods:
+
+  towers         Flax towers of the dual encoder and the direct baselines (conv, MLP,
+                 feature head, Gabor-energy front end, per-subject read-in and read-out)
+  inputs         what a model reads from a batch; example inputs for `model.init`
+  distributions  diagonal Gaussians and Poisson counts of the VAEs
+  gabor_ridge    the numpy Gabor-energy + ridge reference (Kay et al. 2008 style)
 
 Importing this package is light; the tower names below load JAX/Flax on first use.
 """
@@ -14,6 +19,6 @@ _TOWER_NAMES = ("build_model", "default_model_config", "ConvTower", "MLPTower", 
 def __getattr__(name):
   if name in _TOWER_NAMES:
     return getattr(importlib.import_module("jaxvna.models.towers"), name)
-  if name in ("towers", "gabor_ridge"):
+  if name in ("towers", "inputs", "distributions", "gabor_ridge"):
     return importlib.import_module(f"jaxvna.models.{name}")
   raise AttributeError(f"module 'jaxvna.models' has no attribute {name!r}")

@@ -9,8 +9,7 @@ all its backward pass) is several times slower than a matmul of the same FLOPs. 
 instead gathers the k*k shifted (strided) views of the padded input into one
 (B, h, w, k*k*C) patch tensor and does one matmul with the (k*k*C, O) kernel; autodiff of
 slices + concatenate + dot is again slices and matmuls, so the backward pass is fast too.
-Measured on a 2-core CPU, the small-CNN CLIP step runs about 1.7x faster than with
-`lax.conv_general_dilated` (see benchmarks/cnn_vs_torch.py).
+The README's Performance section gives the measured gain (benchmarks/cnn_vs_torch.py).
 
 Why dense layers and the conv matmul go through `linear`: XLA:CPU gives only plain
 row-major products, (M, K) @ (K, N) or (M, K) @ (N, K)^T, to its fast matmul library

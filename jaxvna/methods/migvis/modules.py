@@ -1,5 +1,5 @@
 """MIG-Vis models: a group-wise disentangled VAE of neural responses and an InfoNCE critic
-between images and one latent group (science.md; where the paper is silent the choices
+between images and one latent group (after the MIG-Vis paper; where it is silent the choices
 are ours and stated here).
 
 Group-wise disentangled VAE (method "group_vae"):

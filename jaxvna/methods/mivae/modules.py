@@ -1,6 +1,6 @@
 """miVAE: a multi-modal identifiable VAE that aligns subjects with different neurons.
 
-Generative story (science.md; where the paper is silent the choices are ours):
+Generative story (after the miVAE paper; where it is silent the choices are ours):
 
   image y        --image encoder-->  q(z_y | y) = N(mu_y, diag s_y^2), z_y = [z_y^c, z_y^m]
                                       z_y^c: neural-relevant, z_y^m: irrelevant to neurons
