@@ -329,8 +329,9 @@ class VNA:
     if x.shape[1:] != self.image_shape_:
       raise ValueError(f"images: expected images of shape {self.image_shape_} (as in fit), "
                        f"got {x.shape[1:]}")
-    return np.concatenate([np.asarray(self._embed_images(self.params_, x[i:i + _EMBED_BATCH]))
-                           for i in range(0, len(x), _EMBED_BATCH)])
+    from jaxvna.evaluation import discriminative
+    return discriminative.batched_apply(lambda batch: self._embed_images(self.params_, batch),
+                                        x, batch_size=_EMBED_BATCH)
 
   def transform_responses(self, responses, subject=0) -> np.ndarray:
     """(N, K) or (N, R, K) responses of one subject -> (N, D) float32 unit-norm embeddings.
@@ -358,13 +359,11 @@ class VNA:
     recorded = ~nan.all(axis=2, keepdims=True)
     _refuse_rows(~recorded.any(axis=(1, 2)), "no recorded repeat (all NaN)")
     mean = np.where(recorded, r, 0).sum(axis=1) / recorded.sum(axis=1)
-    padded = np.zeros((len(mean), max(self.neuron_counts_)), np.float32)
-    padded[:, :k] = mean
-    subjects = np.full(len(padded), index, np.int32)
-    return np.concatenate([
-        np.asarray(self._embed_responses(self.params_, padded[i:i + _EMBED_BATCH],
-                                         subjects[i:i + _EMBED_BATCH]))
-        for i in range(0, len(padded), _EMBED_BATCH)])
+    from jaxvna.evaluation import discriminative
+    padded = discriminative.padded(mean.astype(np.float32), max(self.neuron_counts_))
+    return discriminative.batched_apply(
+        lambda r, s: self._embed_responses(self.params_, r, s), padded,
+        np.full(len(padded), index, np.int32), batch_size=_EMBED_BATCH)
 
   def _subject_index(self, subject) -> int:
     """A name of fit's `subject_ids`, else a position."""
