@@ -83,8 +83,7 @@ def embedding_represent(config, model, params) -> Represent:
   def represent(held_out: Recording, trials: np.ndarray, subject: int, k_max: int) -> dict:
     embed = lambda r: batched_apply(embed_resp, padded(r, k_max),
                                     np.full((len(r),), subject, np.int32))
-    images = (held_out.image_features if inputs.uses_image_features(config)
-              else held_out.images)
+    images = inputs.recording_images(config, held_out)
     return dict(image_repr=batched_apply(embed_img, images), metric="cosine",
                 mean_repr=embed(held_out.mean_responses), trial_repr=embed(trials))
   return represent

@@ -30,6 +30,12 @@ def image_input(config, batch):
   return batch["image_features"]
 
 
+def recording_images(config, recording):
+  """What the image tower reads of a recording's images: its `image_features` for the
+  `features` tower, else its pixels (N, H, W, C) uint8."""
+  return recording.image_features if uses_image_features(config) else recording.images
+
+
 def downsample_images(images: jax.Array, size: int) -> jax.Array:
   """(B, H, W, C) uint8 or float -> (B, size*size) float32 grey in [0, 1], area-averaged.
 

@@ -80,8 +80,7 @@ def encoding_represent(config, model, params):
 
   def represent(held_out, trials, subject, k_max):
     del trials, k_max
-    images = (held_out.image_features if inputs.uses_image_features(config)
-              else held_out.images)
+    images = inputs.recording_images(config, held_out)
     rates = discriminative.batched_apply(predict, images,
                                          np.full((held_out.num_images,), subject, np.int32))
     rates = rates[:, :held_out.num_neurons]
