@@ -6,7 +6,7 @@ Workloads (batch 256, CLIP loss with learnable temperature, Adam 1e-3, f32):
   dina: MLPTower 4096 -> 512 -> 256 -> 128 + NeuralTower 1000 -> 512 -> 256 -> 128 (ReLU);
         peer torch_dina_clip.py.
 The JAX step is one jit of value_and_grad + optax.adam, state donated, built from
-`jaxvna.models.towers.build_model` exactly as the trainer does (neuron dropout off, as in
+`jaxvna.models.towers.dual_encoder` exactly as the trainer does (neuron dropout off, as in
 the peer). Each round times the JAX step in this process, then runs the peer script in a
 subprocess; the machine is shared and noisy, so the medians and their ratio are printed
 as one JSON line (ratio > 1: jaxvna is faster).
@@ -35,22 +35,12 @@ BATCH = 256
 
 def model_config(workload: str):
   """The jaxvna model config equal to the peer's model."""
-  from jaxvna.models import towers  # pylint: disable=g-import-not-at-top
-  c = towers.default_model_config()
-  c.embed_dim = 128
-  c.neural_tower.neuron_dropout = 0.0
-  c.neural_tower.readin_dim = 512
+  from jaxvna.configs import common  # pylint: disable=g-import-not-at-top
   if workload == "cnn":
-    c.image_tower.type = "cnn"
-    c.neural_tower.hidden = (512,)
-    c.neural_tower.activation = "gelu"
-  else:
-    c.image_tower.type = "mlp"
-    c.image_tower.hidden = (512, 256)
-    c.image_tower.activation = "relu"
-    c.neural_tower.hidden = (256,)
-    c.neural_tower.activation = "relu"
-  return c
+    return common.model(image_tower=common.image_tower("cnn"), neural_tower=common.neural_tower(
+        readin_dim=512, hidden=(512,), neuron_dropout=0.0, activation="gelu"))
+  return common.model(image_tower=common.image_tower("mlp"), neural_tower=common.neural_tower(
+      readin_dim=512, hidden=(256,), neuron_dropout=0.0, activation="relu"))
 
 
 def clip_loss(img, neu, temperature, mesh=None):
@@ -88,7 +78,7 @@ def make_jax_runner(workload: str, devices: int = 1):
     mesh = jax.make_mesh((devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
                          devices=jax.devices()[:devices])
 
-  model = towers.build_model(model_config(workload), (1000,), (64, 64, 1), method="vna")
+  model = towers.dual_encoder(model_config(workload), (1000,), (64, 64, 1))
   k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
   images = jax.random.normal(k1, (BATCH, 64, 64, 1))
   responses = jax.random.normal(k2, (BATCH, 1000))

@@ -9,6 +9,9 @@ Every config has a `tiny` variant, selected by an argument that is or ends with 
 `get_config("tiny")`, `vna_sim.get_config("direct_encoding,tiny")`, on the command line
 `--config=configs/dina_sim.py:tiny`. It is the same run with small data, models and step
 counts (a minute or less on a laptop's CPU), for tests, notebooks and a first try.
+
+`common` is no run: it holds the model blocks the configs share, every field at its
+default.
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ import pathlib
 def configs_dir() -> pathlib.Path:
   """The folder of the shipped config files."""
   return pathlib.Path(__file__).resolve().parent
+
+
+def names() -> list[str]:
+  """The shipped run configs (the modules with a get_config), sorted."""
+  return sorted(p.stem for p in configs_dir().glob("*.py")
+                if not p.stem.startswith("_") and p.stem != "common")
 
 
 def split_tiny(arg: str | None) -> tuple[str | None, bool]:

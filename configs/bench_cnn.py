@@ -10,16 +10,16 @@ peer torch_cnn_clip.py of the shared benchmarks folder.
 
 import ml_collections
 
-from jaxvna.configs import only_tiny, vna_sim
+from jaxvna.configs import common, only_tiny, vna_sim
 
 
 def get_config(arg=None):
   tiny = only_tiny(arg, "bench_cnn")
   c = vna_sim.get_config("vna")
   c.model.embed_dim = 128
-  c.model.image_tower = dict(type="cnn", channels=(32, 64, 128), hidden=(), front_end=None)
-  c.model.neural_tower = dict(readin_dim=512, hidden=(512,), neuron_dropout=0.0,
-                              preprocess="none", activation="gelu")
+  c.model.image_tower = common.image_tower("cnn")
+  c.model.neural_tower = common.neural_tower(readin_dim=512, hidden=(512,), neuron_dropout=0.0,
+                                             activation="gelu")
   c.train.batch_size = 256
   c.bench = ml_collections.ConfigDict(dict(
       name="bench_cnn", image_shape=(64, 64, 1), num_neurons=1000, steps=5,

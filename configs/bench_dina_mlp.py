@@ -10,16 +10,15 @@ PyTorch peer benchmarks/torch_dina_clip.py of the shared benchmarks folder.
 
 import ml_collections
 
-from jaxvna.configs import only_tiny, vna_sim
+from jaxvna.configs import common, only_tiny, vna_sim
 
 
 def get_config(arg=None):
   tiny = only_tiny(arg, "bench_dina_mlp")
   c = vna_sim.get_config("vna")
   c.model.embed_dim = 128
-  c.model.image_tower = dict(type="mlp", hidden=(512, 256), activation="relu")
-  c.model.neural_tower = dict(readin_dim=512, hidden=(256,), neuron_dropout=0.0,
-                              preprocess="none", activation="relu")
+  c.model.image_tower = common.image_tower("mlp")
+  c.model.neural_tower = common.neural_tower(readin_dim=512, hidden=(256,), neuron_dropout=0.0)
   c.train.batch_size = 256
   c.bench = ml_collections.ConfigDict(dict(
       name="bench_dina_mlp", image_shape=(64, 64, 1), num_neurons=1000, steps=20,

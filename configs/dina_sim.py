@@ -11,7 +11,7 @@ coverage and the key-neuron ranking with the responsive mask (targets in the REA
 
 import ml_collections
 
-from jaxvna.configs import only_tiny, vna_sim
+from jaxvna.configs import common, only_tiny, vna_sim
 
 
 def get_config(arg=None):
@@ -22,10 +22,8 @@ def get_config(arg=None):
       neurons_per_subject=(300, 250), cell_type_fractions=(0.4, 0.35, 0.0, 0.25),
       spatial_frequency_range=(3.0, 10.0)))
   c.model.embed_dim = 64
-  c.model.image_tower = ml_collections.ConfigDict(dict(
-      type="cnn", channels=(32, 64, 128), front_end=None, hidden=()))
-  c.model.neural_tower = ml_collections.ConfigDict(dict(
-      readin_dim=256, hidden=(256,), neuron_dropout=0.1, preprocess="log1p"))
+  c.model.image_tower = common.image_tower("cnn")
+  c.model.neural_tower = common.neural_tower(hidden=(256,), preprocess="log1p")
 
   c.dina = ml_collections.ConfigDict(dict(
       levels=("level2", "level3"),     # ConvTower feature maps aligned, each with its own loss

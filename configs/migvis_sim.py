@@ -5,7 +5,7 @@ mutual-information-guided diffusion, checked against the simulator's truth.
   jaxvna visualize --config=configs/migvis_sim.py:tiny --workdir=W   (3 steps per model)
 
 Three simulated subjects, mostly higher-area-like cells reading 4 latent factors; 16x16
-images so the whole run (three models, the edits, the figures) fits ~15 minutes on two
+images so the whole run (three models, the edits, the figures) stays small enough for two
 CPU cores. The read-out of edited images is the simulator's own response model. The
 critic is the weak link (its image features only approximate the simulator's random
 network, and they improve with data: hence 30000 images). For a GPU, scale up together:
@@ -17,7 +17,7 @@ ddim_steps=50.
 
 import ml_collections
 
-from jaxvna.configs import only_tiny, vna_sim
+from jaxvna.configs import common, only_tiny, vna_sim
 
 
 def get_config(arg=None):
@@ -28,13 +28,12 @@ def get_config(arg=None):
       neurons_per_subject=(200, 180, 160), cell_type_fractions=(0.05, 0.05, 0.8, 0.1),
       num_latents=4, spatial_frequency_range=(2.0, 6.0)))
   # The response model of readout="direct_encoding" (real data); unused on the simulator.
-  c.model.image_tower = ml_collections.ConfigDict(dict(
-      type="cnn", channels=(32, 64), front_end=None, hidden=(128,)))
+  c.model.image_tower = common.image_tower("cnn", channels=(32, 64), hidden=(128,))
 
   c.migvis = ml_collections.ConfigDict(dict(
       # Latent dimensions per group. The simulator's factors are scalars (and its trial
       # gain one more): one dimension per group. Wider groups, e.g. (2, 2, 2, 2), leave
-      # rotations inside a group free and disentangle these factors less (MIG 0.11).
+      # rotations inside a group free and disentangle these factors less.
       groups=(1, 1, 1, 1, 1),
       readin_dim=128, hidden=(128,), neuron_dropout=0.0,
       decoder_hidden=(),          # linear readout + softplus, like the simulator's cells
@@ -66,16 +65,16 @@ def get_config(arg=None):
       num_images=64, grid_images=6,
       start="inversion",          # reach t0 by: inversion (DDIM) | noise (SDEdit)
       # "projected": the target group's gradient minus its projection on the gradients of
-      # the critic's readings of the other groups, so a step leaves those readings alone
-      # (target/off-target 2.4 here, 2.0 with "target": the plain gradient, README).
+      # the critic's readings of the other groups, so a step leaves those readings alone;
+      # "target": the plain gradient (the README's MIG-Vis section compares them).
       guidance="projected",
       # Early steps and near targets keep the edits specific: t0=0.2 or targets at 2 sd
-      # move every other group along (ratio 2.1 and 1.8).
+      # move every other group along (README).
       t0=0.1,                     # edit from step t0 * T
       ddim_steps=25,              # DDIM steps from t0 back to 0
       scales=(10.0, 30.0, 100.0),  # guidance strengths s
       target_sd=1.0,              # targets at mean -/+ target_sd sd along each group's axis
-      reference_size=2048,        # critic's reference bank of group values (512: 2.1-2.3)
+      reference_size=2048,        # critic's reference bank of group values
       mig_bins=10, seed=0))
   if tiny:
     _make_tiny(c)

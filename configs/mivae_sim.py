@@ -11,7 +11,7 @@ rf_corr, responsive_auc (targets in the README).
 
 import ml_collections
 
-from jaxvna.configs import only_tiny, vna_sim
+from jaxvna.configs import common, only_tiny, vna_sim
 
 
 def get_config(arg=None):
@@ -21,9 +21,7 @@ def get_config(arg=None):
       seed=0, num_subjects=4, num_images=5000, image_size=32,
       neurons_per_subject=(220, 200, 180, 200), cell_type_fractions=(0.05, 0.05, 0.8, 0.1),
       num_latents=8))
-  c.model.image_tower = ml_collections.ConfigDict(dict(
-      type="cnn", channels=(32, 64, 128), front_end=None, hidden=(256,)))
-  c.model.decoder_size = 16
+  c.model.image_tower = common.image_tower("cnn", hidden=(256,))
 
   c.mivae = ml_collections.ConfigDict(dict(
       shared_dim=8,             # z^c: one per true latent factor of the simulator
@@ -56,7 +54,7 @@ def _make_tiny(c):
       seed=0, num_subjects=3, num_images=1500, image_size=16,
       neurons_per_subject=(60, 50, 40), cell_type_fractions=(0.1, 0.1, 0.7, 0.1),
       num_latents=3, spatial_frequency_range=(2.0, 6.0)))
-  c.model.image_tower = ml_collections.ConfigDict(dict(type="mlp", hidden=(64,)))
+  c.model.image_tower = common.image_tower("mlp", hidden=(64,))
   c.model.decoder_size = 8
   c.mivae.update(dict(
       shared_dim=3, image_private_dim=2, readin_dim=32, feature_hidden=(32,), hidden=(32,),

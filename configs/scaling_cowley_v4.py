@@ -5,7 +5,7 @@
 
 VNA as in vna_cowley_v4.py (all ten sessions, 64x64 grey, 600 steps of batch 256 per run)
 on the nested fractions of scaling_sim.py: 1/16 to all of every session's training
-images (43 minutes on 2 CPU cores that other jobs shared). See `jaxvna.commands.scaling`
+images. See `jaxvna.commands.scaling`
 for the error, the fit and the bootstrap. The argument is the method, optionally followed
 by ",tiny": vna_cowley_v4.py's tiny run on scaling_sim.py's three tiny fractions.
 """

@@ -6,15 +6,14 @@
 
 VNA on 5 nested fractions of every subject's training images (1/16 to all of 3 x 2,400),
 the same 300 steps of batch 256 for every run (so a small fraction is seen many more
-times than a large one), 32x32 simulated images and a smaller CNN than vna_sim.py: the
-whole study took 10.5 minutes on 2 CPU cores that other jobs shared. See
-`jaxvna.commands.scaling` for the error, the fit and the bootstrap. The argument is the
+times than a large one), 32x32 simulated images and a smaller CNN than vna_sim.py (run
+times: the README's scaling section). See `jaxvna.commands.scaling` for the error, the fit and the bootstrap. The argument is the
 method, optionally followed by ",tiny" ("tiny" alone: VNA's).
 """
 
 import ml_collections
 
-from jaxvna.configs import split_tiny, vna_sim
+from jaxvna.configs import common, split_tiny, vna_sim
 
 
 def scaling_config(tiny: bool = False) -> ml_collections.ConfigDict:
@@ -38,10 +37,8 @@ def get_config(arg: str = "vna"):
       seed=0, num_subjects=3, num_images=3750, image_size=32,
       neurons_per_subject=(300, 250, 200), spatial_frequency_range=(2.0, 8.0)))
   c.model.embed_dim = 64
-  c.model.image_tower = ml_collections.ConfigDict(dict(
-      type="cnn", channels=(16, 32, 64), front_end=None, hidden=(128,)))
-  c.model.neural_tower = ml_collections.ConfigDict(dict(
-      readin_dim=128, hidden=(256,), neuron_dropout=0.1, preprocess="log1p"))
+  c.model.image_tower = common.image_tower("cnn", channels=(16, 32, 64), hidden=(128,))
+  c.model.neural_tower = common.neural_tower(readin_dim=128, hidden=(256,), preprocess="log1p")
   c.model.decoder_size = 8
   c.optim.warmup_steps = 30
   c.train.steps = 300

@@ -7,8 +7,8 @@
 
 Data. Without an argument: the embedded simulator at 100,000 images (3 subjects of
 300/250/200 neurons, 64x64), 192,000 training examples (image, subject), so one batch
-holds a sixth of an epoch; every host simulates it (4 minutes on 2 busy CPU cores, 15 GB
-of host memory at the peak, 2 GB once made). A stand-in to exercise the pod: with 2.4
+holds a sixth of an epoch; every host simulates it (time and memory: README, "The pod
+config"). A stand-in to exercise the pod: with 2.4
 subjects' responses per image, about a quarter of the examples of a batch share their
 image with another example of it, a negative that the loss cannot tell apart; real data
 at this batch size should have more images. With an argument: every `*.npz` file of that
@@ -30,20 +30,15 @@ Loss. loss.impl="ring": negatives travel around the devices in blocks, so a devi
 (B/N)^2 logits instead of the (B/N) x B of the gathered loss.
 
 Schedule. AdamW at peak 1e-3, vna_sim.py's rate at batch 256, not scaled up with the
-batch: at batch 2048 (60 steps, 5,000 simulated 32x32 images, 8 devices, float32) 10-way
-decoding top-1 was 0.46 / 0.48 / 0.34 / 0.32 at peak 5e-4 / 1e-3 / 2e-3 / 4e-3, and at
-batch 256 (30 steps) 4e-3 stalled at chance. 10% linear warmup, then cosine decay to 1%,
-over 600 steps: as many updates as vna_sim.py, each of 128x the examples (about 100
-epochs of the simulator's training examples). Not tuned at 32768 itself: the first point
-of a sweep.
+batch (larger rates did worse at batch 2048: README, "The pod config"). 10% linear
+warmup, then cosine decay to 1%, over 600 steps: as many updates as vna_sim.py, each of
+128x the examples (about 100 epochs of the simulator's training examples). Not tuned at
+32768 itself: the first point of a sweep.
 
-Parameter sharding. None: the state is replicated, as in `jaxvna train`. The towers hold
-0.69 M parameters, so parameters and AdamW state take 7.8 MiB per device, against 478 MiB
-of temporaries per device at 64 devices (512 examples each) and 134 MiB at 256 (128
-each), measured with `jaxvna dryrun --config=configs/vna_pod.py --devices=64` (and 256).
-Sharding the state over the devices (FSDP) would save under 8 MiB (1.6% of the 488 MiB
-total at 64 devices, 5% of 142 MiB at 256) and add an all-gather of the parameters to
-every step.
+Parameter sharding. None: the state is replicated, as in `jaxvna train`. It is small
+against the step's temporaries (`jaxvna dryrun --config=configs/vna_pod.py --devices=64`;
+the README's dry-run table), so sharding it (FSDP) would save little and add an
+all-gather of the parameters to every step.
 """
 
 import pathlib

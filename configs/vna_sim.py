@@ -11,7 +11,7 @@ small simulator (2 subjects, 600 32x32 images), small towers and 60 steps.
 
 import ml_collections
 
-from jaxvna.configs import split_tiny
+from jaxvna.configs import common, split_tiny
 
 
 def get_config(arg: str = "vna"):
@@ -34,15 +34,9 @@ def get_config(arg: str = "vna"):
   # Train on a nested fraction of each subject's training images (data-size studies).
   c.data.train_fraction = 1.0
 
-  c.model = ml_collections.ConfigDict()
-  c.model.embed_dim = 128
-  c.model.image_tower = ml_collections.ConfigDict(dict(
-      type="cnn", channels=(32, 64, 128), front_end=None, hidden=(256,)))
-  c.model.neural_tower = ml_collections.ConfigDict(dict(
-      readin_dim=256, hidden=(512, 256), neuron_dropout=0.1, preprocess="log1p"))
-  c.model.init_temperature = 0.07
-  c.model.min_temperature = 0.01
-  c.model.dtype = "float32"
+  # The towers (every field and its default: configs/common.py).
+  c.model = common.model(image_tower=common.image_tower("cnn", hidden=(256,)),
+                         neural_tower=common.neural_tower(preprocess="log1p"))
 
   # Gabor-LiT (method "gabor_lit"): the fixed Gabor-energy stage before its linear image
   # tower (kernel size, orientations, cycles per pixel, stride, pooling of the energy).
@@ -51,7 +45,6 @@ def get_config(arg: str = "vna"):
 
   c.loss = ml_collections.ConfigDict(dict(type="clip", impl="gather"))
   c.baseline = ml_collections.ConfigDict(dict(encoding_loss="poisson", decoding_loss="mse"))
-  c.model.decoder_size = 16
 
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, weight_decay=1e-4, warmup_steps=100, final_lr_fraction=0.01, clip_norm=1.0,
@@ -77,10 +70,8 @@ def make_tiny(c):
       seed=0, num_subjects=2, num_images=600, image_size=32, neurons_per_subject=(60, 40),
       spatial_frequency_range=(2.0, 8.0)))
   c.model.embed_dim = 32
-  c.model.image_tower = ml_collections.ConfigDict(dict(
-      type="mlp", channels=(8, 16), front_end=None, hidden=(128,)))
-  c.model.neural_tower = ml_collections.ConfigDict(dict(
-      readin_dim=32, hidden=(64,), neuron_dropout=0.1, preprocess="log1p"))
+  c.model.image_tower = common.image_tower("mlp", hidden=(128,))
+  c.model.neural_tower = common.neural_tower(readin_dim=32, hidden=(64,), preprocess="log1p")
   c.model.decoder_size = 8
   c.optim.warmup_steps = 5
   c.optim.lr = 3e-3

@@ -26,7 +26,7 @@ import json
 import os
 import pathlib
 import tempfile
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -219,6 +219,30 @@ def _why_not_a_model(path: pathlib.Path) -> str | None:
   return None
 
 
+class _Shapes(NamedTuple):
+  """What building a model needs of a dataset."""
+  neuron_counts: tuple[int, ...]
+  image_shape: tuple[int, ...]
+
+
+def _complete_model_config(saved: dict):
+  """The saved config as a ConfigDict, its model blocks completed with the defaults of
+  configs/common.py: models saved before every model field was written out left the
+  fields at their defaults out, and those defaults have not changed since."""
+  import ml_collections
+  from jaxvna.configs import common
+  config = ml_collections.ConfigDict(saved)
+  model = config.model
+  image = model.image_tower.to_dict()
+  defaults = common.IMAGE_TOWERS.get(image.get("type"), {})
+  image = {**defaults, **{k: v for k, v in image.items() if k in defaults or k == "type"}}
+  neural = {**common.NEURAL_TOWER, **model.neural_tower.to_dict()}
+  rest = {k: v for k, v in model.items() if k not in ("image_tower", "neural_tower")}
+  config.model = ml_collections.ConfigDict(
+      {**common.MODEL, **rest, "image_tower": image, "neural_tower": neural})
+  return config
+
+
 def _is_saved_model(path: pathlib.Path) -> bool:
   """Whether the folder `path` holds a model `save` wrote, and nothing `save` does not write."""
   return not path.is_symlink() and path.is_dir() and _why_not_a_model(path) is None
@@ -248,7 +272,7 @@ class VNA:
       verbose: show a progress bar while fitting.
       **config_overrides: any other field of configs/vna_sim.py, as "a.b" or a__b.
     """
-    from jaxvna.configs import vna_sim
+    from jaxvna.configs import common, vna_sim
     if image_tower not in ("cnn", "mlp"):
       raise ValueError(f"image_tower: expected 'cnn' or 'mlp', got {image_tower!r}")
     config = vna_sim.get_config("vna")
@@ -257,7 +281,9 @@ class VNA:
     config.train.batch_size = batch_size
     config.train.progress_bar = verbose
     config.model.embed_dim = embed_dim
-    config.model.image_tower.type = image_tower
+    # The chosen tower at its defaults, with vna_sim.py's widths after the pixels.
+    config.model.image_tower = common.image_tower(
+        image_tower, hidden=config.model.image_tower.hidden)
     config.eval.gabor_ridge = False
     if "method" in config_overrides:
       raise ValueError(f"method: the VNA estimator trains {config.method!r}; it cannot be "
@@ -436,16 +462,15 @@ class VNA:
     """
     import jax
     import jax.numpy as jnp
-    import ml_collections
-    from jaxvna.models import towers
+    from jaxvna import registry
     from jaxvna.training import checkpoint
     path = pathlib.Path(path)
     if not (path / _MODEL_FILE).is_file():
       raise FileNotFoundError(f"{path}: no saved VNA model ({_MODEL_FILE} is missing)")
     meta = _read_model_file(path / _MODEL_FILE)
-    config = ml_collections.ConfigDict(meta["config"])
+    config = _complete_model_config(meta["config"])
     counts, shape = tuple(meta["neuron_counts"]), tuple(meta["image_shape"])
-    model = towers.build_model(config.model, counts, shape, method="vna")
+    model = registry.get(config.method).build_model(config, _Shapes(counts, shape))
     rng = jax.random.key(0)
     abstract = jax.eval_shape(
         lambda: model.init({"params": rng, "dropout": rng}, jnp.zeros((1, *shape), jnp.uint8),

@@ -10,7 +10,7 @@ from jaxvna import configs
 from jaxvna.configs import dina_sim, vna_sim
 from jaxvna.training import preflight
 
-NAMES = sorted(p.stem for p in configs.configs_dir().glob("*.py") if p.stem != "__init__")
+NAMES = configs.names()
 METHODS = ("vna", "direct_encoding", "direct_decoding", "mivae", "dina", "group_vae")
 
 

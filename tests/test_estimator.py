@@ -79,6 +79,24 @@ def test_save_load_round_trip_gives_identical_embeddings(fitted, arrays, tmp_pat
   assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary left
 
 
+def test_load_completes_a_model_saved_before_every_model_field_was_written(fitted, arrays,
+                                                                           tmp_path):
+  # Such a model.json lists only the model fields its config set; the rest were defaults.
+  images, _ = arrays["test"]
+  fitted.save(tmp_path / "model")
+  meta = json.loads((tmp_path / "model" / "model.json").read_text())
+  model = meta["config"]["model"]
+  for key in ("init_bias", "decoder_size"):
+    del model[key]
+  model["image_tower"] = {"type": "mlp", "channels": [8, 16], "front_end": None,
+                          "hidden": model["image_tower"]["hidden"]}
+  del model["neural_tower"]["activation"]
+  (tmp_path / "model" / "model.json").write_text(json.dumps(meta))
+  loaded = jaxvna.VNA.load(tmp_path / "model")
+  np.testing.assert_array_equal(loaded.transform_images(images[0]),
+                                fitted.transform_images(images[0]))
+
+
 def snapshot(folder):
   """{relative path: bytes (None for a folder)} of everything under `folder`."""
   return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()

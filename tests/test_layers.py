@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxvna"
 
 # Each part of jaxvna and its layer: a part may import its own layer and those below.
 LAYERS = {
-    "errors": 0, "files": 0, "gabor": 0, "registry": 0,
+    "correlation": 0, "errors": 0, "files": 0, "gabor": 0, "registry": 0,
     "data": 1,
     "models": 2, "losses": 2,
     "evaluation": 3,
@@ -110,4 +110,39 @@ def test_shared_code_never_names_a_method():
       code = line.split("#")[0]
       if "config.method ==" in code or "config.method !=" in code or "config.method in" in code:
         offenders.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
+  assert offenders == []
+
+
+def _module_aliases(tree: ast.AST, modules: set[str]) -> dict[str, str]:
+  """{local name: jaxvna module} for the modules a file imports by name."""
+  aliases = {}
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      for a in node.names:
+        if a.asname and a.name in modules:
+          aliases[a.asname] = a.name
+    elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxvna"):
+      for a in node.names:
+        if f"{node.module}.{a.name}" in modules:
+          aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+  return aliases
+
+
+def test_no_module_uses_a_private_name_of_another():
+  modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+  offenders = []
+  for path in PACKAGE.rglob("*.py"):
+    tree = ast.parse(path.read_text())
+    aliases = _module_aliases(tree, modules)
+    for node in ast.walk(tree):
+      if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+          and node.value.id in aliases and node.attr.startswith("_")
+          and not node.attr.startswith("__")):
+        offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: "
+                         f"{node.value.id}.{node.attr}")
+    for node in ast.walk(tree):  # `from jaxvna.x import _name`
+      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxvna"):
+        offenders += [f"{path.relative_to(PACKAGE)}:{node.lineno}: from {node.module} "
+                      f"import {a.name}" for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")]
   assert offenders == []

@@ -174,7 +174,7 @@ def run(config, devices: int = 8, *, dataset: Dataset | None = None) -> dict:
   out = {
       "method": config.method, "devices": devices, "global_batch": global_batch,
       "per_device_batch": global_batch // devices, "loss_impl": loss_impl,
-      "dtype": config.model.get("dtype", "float32"),
+      "dtype": config.model.dtype,
       "params": sum(x.size for x in jax.tree.leaves(state.params)),
       "param_bytes": _bytes_per_device(state.params),
       "opt_state_bytes": _bytes_per_device(state.opt_state),

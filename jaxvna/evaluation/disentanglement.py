@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxvna import correlation
 from jaxvna.evaluation import identifiability
 
 
@@ -93,7 +94,7 @@ def sap_score(codes: np.ndarray, factors: np.ndarray) -> dict:
   Returns:
     {"sap": float in [0, 1], "per_factor": (F,) list, "r2": (D, F) list}.
   """
-  r2 = identifiability.correlation_matrix(codes, factors) ** 2
+  r2 = correlation.columns(np.asarray(codes, np.float64), np.asarray(factors, np.float64)) ** 2
   gap = _top_gap(r2)
   return {"sap": float(gap.mean()), "per_factor": gap.tolist(), "r2": r2.tolist()}
 

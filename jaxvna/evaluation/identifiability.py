@@ -10,15 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize, stats
 
-
-def correlation_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """(N, P), (N, Q) -> (P, Q) Pearson correlations of the columns (0 for constant columns)."""
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  a = a - a.mean(0)
-  b = b - b.mean(0)
-  norm = np.sqrt((a * a).sum(0))[:, None] * np.sqrt((b * b).sum(0))[None, :]
-  return np.where(norm > 0, a.T @ b / np.maximum(norm, 1e-300), 0.0)
+from jaxvna import correlation
 
 
 def mean_correlation_coefficient(learned: np.ndarray, true: np.ndarray
@@ -35,7 +27,8 @@ def mean_correlation_coefficient(learned: np.ndarray, true: np.ndarray
   """
   if learned.shape[0] != true.shape[0]:
     raise ValueError(f"learned has {learned.shape[0]} samples, true {true.shape[0]}")
-  corr = np.abs(correlation_matrix(learned, true))
+  corr = np.abs(correlation.columns(np.asarray(learned, np.float64),
+                                    np.asarray(true, np.float64)))
   rows, cols = optimize.linear_sum_assignment(-corr)
   return float(corr[rows, cols].mean()), rows, cols
 
@@ -54,4 +47,6 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
   """Pearson correlation of two equally shaped maps over all their entries."""
-  return float(correlation_matrix(np.ravel(a)[:, None], np.ravel(b)[:, None])[0, 0])
+  a = np.asarray(a, np.float64).ravel()[:, None]
+  b = np.asarray(b, np.float64).ravel()[:, None]
+  return float(correlation.columns(a, b)[0, 0])

@@ -47,6 +47,8 @@ from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from jaxvna import correlation
+
 DEFAULT_N_WAYS = (2, 10, 50, 100, "all")
 # Bound on the (queries x candidates) boolean blocks held at once.
 _CHUNK_ELEMENTS = 1 << 24
@@ -67,9 +69,7 @@ def pearson_similarity(a, b) -> np.ndarray:
   Each row is centred over its D entries; a constant row correlates 0 with everything.
   """
   a, b = _as_matrix_pair(a, b)
-  a = a - a.mean(axis=1, keepdims=True)
-  b = b - b.mean(axis=1, keepdims=True)
-  return _unit_rows(a) @ _unit_rows(b).T
+  return correlation.rows(a, b)
 
 
 _METRICS = {"cosine": cosine_similarity, "pearson": pearson_similarity}

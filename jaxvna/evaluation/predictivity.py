@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxvna import correlation
+
 
 def per_neuron_correlation(pred, resp) -> np.ndarray:
-  """Pearson correlation of each column (neuron) of pred (T, K) and resp (T, K) -> (K,).
+  """Pearson correlation of each column (neuron) of pred (T, K) and resp (T, K) -> (K,),
+  in float64: `correlation.paired`.
 
   Rows where either value is NaN are left out for that neuron; a neuron whose
   prediction or response has zero variance (or fewer than 2 rows) gets 0.
@@ -38,20 +41,7 @@ def per_neuron_correlation(pred, resp) -> np.ndarray:
   if pred.shape != resp.shape or pred.ndim != 2:
     raise ValueError(f"pred and resp: expected equal (T, K) shapes, got {pred.shape} and "
                      f"{resp.shape}")
-  valid = ~(np.isnan(pred) | np.isnan(resp))
-  count = valid.sum(axis=0)
-  safe_count = np.maximum(count, 1)
-  p = np.where(valid, pred, 0.0)
-  r = np.where(valid, resp, 0.0)
-  p = np.where(valid, p - p.sum(axis=0) / safe_count, 0.0)
-  r = np.where(valid, r - r.sum(axis=0) / safe_count, 0.0)
-  cov = (p * r).sum(axis=0)
-  scale = np.sqrt((p * p).sum(axis=0) * (r * r).sum(axis=0))
-  # A relative floor: centred sums of a constant column are rounding noise, not variance.
-  floor = 1e-12 * np.maximum(np.abs(pred).max(axis=0, initial=0, where=valid),
-                             np.abs(resp).max(axis=0, initial=0, where=valid)) ** 2 * count
-  ok = (scale > np.maximum(floor, 1e-300)) & (count >= 2)
-  return np.divide(cov, scale, out=np.zeros_like(cov), where=ok)
+  return correlation.paired(pred, resp)
 
 
 def single_trial_correlation(pred, responses) -> np.ndarray:

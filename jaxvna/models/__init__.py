@@ -11,7 +11,8 @@ Importing this package is light; the tower names below load JAX/Flax on first us
 
 import importlib
 
-_TOWER_NAMES = ("build_model", "default_model_config", "ConvTower", "MLPTower", "FeatureHead",
+_TOWER_NAMES = ("dual_encoder", "direct_encoder", "direct_decoder", "ConvTower", "MLPTower",
+                "FeatureHead",
                 "GaborEnergyFrontEnd", "NeuralTower", "DualEncoder", "DirectEncoder",
                 "DirectDecoder", "l2_normalize", "temperature_from_log", "conv2d")
 

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxvna import correlation
 from jaxvna.data.dataset import DataError
 from jaxvna.gabor import complex_gabor_1d, gabor
 
@@ -309,7 +310,9 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pooled_correlation(sp, spp, spy, sy, syy, n) -> np.ndarray:
-  """Correlations from running sums (prediction p, target y); 0 where either is constant."""
+  """Correlations from running sums (prediction p, target y); 0 where either is constant.
+  For `RidgeCV.fit`, whose out-of-fold predictions for every penalty are only ever held as
+  sums over folds; correlations of arrays are `correlation.paired`."""
   cov = spy - sp * sy / n
   var_p = spp - sp**2 / n
   var_y = syy - sy**2 / n
@@ -480,12 +483,10 @@ class GaborRidge:
 # ----------------------------------------------------------------------------- evaluation
 
 def neuron_correlations(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
-  """(N, K), (N, K) -> (K,) Pearson correlation over images per neuron (0 if constant)."""
-  p = np.asarray(predicted, np.float64)
-  m = np.asarray(measured, np.float64)
-  n = p.shape[0]
-  return _pooled_correlation(p.sum(0), (p**2).sum(0), (p * m).sum(0), m.sum(0),
-                             (m**2).sum(0), n)
+  """(N, K), (N, K) -> (K,) float64 Pearson correlation over images per neuron (0 if
+  constant): `correlation.paired`."""
+  return correlation.paired(np.asarray(predicted, np.float64),
+                            np.asarray(measured, np.float64))
 
 
 def identify(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
@@ -499,8 +500,6 @@ def identify(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
   Returns:
     (M,) int index into the N candidates; accuracy is `mean(identify(p, m) == truth)`.
   """
-  def zscore_rows(a):
-    a = np.asarray(a, np.float64)
-    a = a - a.mean(axis=1, keepdims=True)
-    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-  return np.argmax(zscore_rows(measured) @ zscore_rows(predicted).T, axis=1)
+  similarity = correlation.rows(np.asarray(measured, np.float64),
+                                np.asarray(predicted, np.float64))
+  return np.argmax(similarity, axis=1)

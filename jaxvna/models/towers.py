@@ -20,32 +20,19 @@ row-major first, which costs far less.
 
 Input scaling of image towers: uint8 images become float in [0, 1] (/255); float images
 are taken to be on that scale already. Both are then standardised with a FIXED mean and
-std (`input_mean`, `input_std`, defaults 0.5 and 0.25), not per image: per-image
-standardisation would erase the luminance and contrast that neurons respond to.
+std (`input_mean`, `input_std`), not per image: per-image standardisation would erase the
+luminance and contrast that neurons respond to.
 
-Model config (`config` of `build_model`, all fields optional; `default_model_config()`
-returns them with their defaults):
-  embed_dim: int, the shared embedding width D of both towers (128).
-  dtype: "float32" | "bfloat16", compute dtype; parameters stay float32.
-  init_temperature: CLIP temperature at init (0.07); min_temperature: its floor (0.01).
-  init_bias: SigLIP logit bias at init (-10.0).
-  decoder_size: side of the direct decoder's grey output image (16).
-  image_tower.type: "cnn" | "mlp" | "features".
-  image_tower.channels, kernel_size, strides: the ConvTower convs ((32, 64, 128), 3, 2).
-  image_tower.hidden: MLP widths after pooling (cnn: ()), of the MLP tower ((512, 256)) or
-    of the feature head ((512,)).
-  image_tower.activation: "gelu" | "relu" (cnn: gelu; mlp, features: relu).
-  image_tower.pool: "mean" | "max" (global pooling of the cnn).
-  image_tower.front_end: None | "gabor" (fixed Gabor-energy first stage of the cnn).
-  image_tower.gabor: size (11), orientations (4), spatial_frequencies ((0.125, 0.25)
-    cycles/pixel), stride (2), pool (1 = none; else an average-pool window and stride).
-  image_tower.input_mean, input_std: the fixed standardisation (0.5, 0.25).
-  neural_tower.readin_dim (256), hidden ((512, 256)), neuron_dropout (0.1),
-    preprocess ("none" | "log1p"), activation ("relu").
+Building from a config: `dual_encoder`, `direct_encoder` and `direct_decoder` take the
+run's `config.model` and pass each block's fields to its module (`ConvTower(**fields)`).
+The configurable fields have no defaults here: the config is their single source
+(`configs/common.py` lists every field at its default), and a missing or unknown field is
+a ConfigError naming it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
@@ -55,11 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxvna.errors import ConfigError
 from jaxvna.gabor import quadrature_bank
 
 Dtype = Any
-METHODS = ("vna", "direct_encoding", "direct_decoding")
-IMAGE_TOWER_TYPES = ("cnn", "mlp", "features")
 
 # ----------------------------------------------------------------------------- functions
 
@@ -89,7 +75,7 @@ def _gelu_jvp(primals, tangents):
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"gelu": gelu, "relu": nn.relu}
 
 
-def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
   if name not in ACTIVATIONS:
     raise ValueError(f"activation: unknown {name!r}; expected one of {sorted(ACTIVATIONS)}")
   return ACTIVATIONS[name]
@@ -258,11 +244,11 @@ class GaborEnergyFrontEnd(nn.Module):
   Input (B, H, W, C) float (already scaled); output (B, h, w, orientations * len(freqs)),
   h = H / stride / pool, channels ordered (frequency, orientation).
   """
-  size: int = 11
-  orientations: int = 4
-  spatial_frequencies: tuple[float, ...] = (0.125, 0.25)
-  stride: int = 2
-  pool: int = 1
+  size: int
+  orientations: int
+  spatial_frequencies: tuple[float, ...]
+  stride: int
+  pool: int
   eps: float = 1e-6
   dtype: Dtype = jnp.float32
 
@@ -289,7 +275,7 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    act, feats = _activation(self.activation), {}
+    act, feats = activation_fn(self.activation), {}
     for i, width in enumerate(self.hidden):
       x = act(Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
                     name=f"{self.prefix}{i}")(x))
@@ -321,17 +307,17 @@ class ConvTower(nn.Module):
   conv i (1-based), features["front_end"] the Gabor energies when used, and
   features["pooled"] (B, channels[-1]).
   """
-  channels: tuple[int, ...] = (32, 64, 128)
-  kernel_size: int = 3
-  strides: int = 2
-  embed_dim: int = 128
-  hidden: tuple[int, ...] = ()
-  pool: str = "mean"
-  activation: str = "gelu"
-  front_end: str | None = None
-  gabor: dict | None = None
-  input_mean: float = 0.5
-  input_std: float = 0.25
+  channels: tuple[int, ...]
+  kernel_size: int
+  strides: int
+  embed_dim: int
+  hidden: tuple[int, ...]
+  pool: str
+  activation: str
+  front_end: str | None
+  gabor: dict | None  # GaborEnergyFrontEnd's fields, used when front_end == "gabor"
+  input_mean: float
+  input_std: float
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -340,10 +326,10 @@ class ConvTower(nn.Module):
     del train  # no dropout / batch statistics in this tower
     if images.ndim != 4:
       raise ValueError(f"ConvTower: images must be (B, H, W, C), got shape {images.shape}")
-    act, feats = _activation(self.activation), {}
+    act, feats = activation_fn(self.activation), {}
     x = scale_images(images, self.input_mean, self.input_std, self.dtype)
     if self.front_end == "gabor":
-      x = GaborEnergyFrontEnd(**(self.gabor or {}), dtype=self.dtype, name="gabor")(x)
+      x = GaborEnergyFrontEnd(**self.gabor, dtype=self.dtype, name="gabor")(x)
       feats["front_end"] = x
     elif self.front_end is not None:
       raise ValueError(f"image_tower.front_end: unknown {self.front_end!r}; expected None|'gabor'")
@@ -367,11 +353,11 @@ class MLPTower(nn.Module):
   __call__(x (B, ...) uint8/float, *, train, return_features=False) -> (B, embed_dim) or
   (emb, {"hidden{i}": (B, hidden[i])}). Images are scaled as in ConvTower.
   """
-  hidden: tuple[int, ...] = (512, 256)
-  embed_dim: int = 128
-  activation: str = "relu"
-  input_mean: float = 0.5
-  input_std: float = 0.25
+  hidden: tuple[int, ...]
+  embed_dim: int
+  activation: str
+  input_mean: float
+  input_std: float
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -388,9 +374,9 @@ class FeatureHead(nn.Module):
 
   Features are used as given (no scaling). Same return convention as MLPTower.
   """
-  hidden: tuple[int, ...] = (512,)
-  embed_dim: int = 128
-  activation: str = "relu"
+  hidden: tuple[int, ...]
+  embed_dim: int
+  activation: str
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -468,12 +454,12 @@ class NeuralTower(nn.Module):
   probability `neuron_dropout` (rng stream "dropout") and the rest rescaled by 1/(1-p).
   """
   num_neurons_per_subject: tuple[int, ...]
-  readin_dim: int = 256
-  hidden: tuple[int, ...] = (512, 256)
-  embed_dim: int = 128
-  neuron_dropout: float = 0.1
-  preprocess: str = "none"
-  activation: str = "relu"
+  readin_dim: int
+  hidden: tuple[int, ...]
+  embed_dim: int
+  neuron_dropout: float
+  preprocess: str
+  activation: str
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -487,7 +473,7 @@ class NeuralTower(nn.Module):
     if train and self.neuron_dropout > 0:
       keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.neuron_dropout, x.shape)
       x = jnp.where(keep, x / (1 - self.neuron_dropout), 0.0)
-    act = _activation(self.activation)
+    act = activation_fn(self.activation)
     x = act(SubjectReadin(tuple(self.num_neurons_per_subject), self.readin_dim, self.dtype,
                           self.param_dtype, name="readin")(x, subject))
     feats = {"readin": x}
@@ -507,9 +493,9 @@ class DualEncoder(nn.Module):
   """
   image_tower: nn.Module
   neural_tower: nn.Module
-  init_temperature: float = 0.07
-  min_temperature: float = 0.01
-  init_bias: float = -10.0
+  init_temperature: float
+  min_temperature: float
+  init_bias: float
   eps: float = 1e-6
 
   def setup(self):
@@ -542,7 +528,7 @@ class DualEncoder(nn.Module):
     return out + (img[1],) if return_features else out
 
 
-def _per_subject_readout(h, subject, counts, param_dtype, dtype, module):
+def per_subject_readout(h, subject, counts, param_dtype, dtype, module):
   """(B, F) -> (B, K_max) by each example's subject's linear readout, one matmul."""
   s, k = len(counts), max(counts)
   kernel = module.param("readout_kernel", nn.initializers.lecun_normal(),
@@ -568,8 +554,8 @@ class DirectEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, images, subject, *, train: bool):
-    h = _activation(self.activation)(self.image_tower(images, train=train))
-    y, mask = _per_subject_readout(h, subject, tuple(int(c) for c in self.num_neurons_per_subject),
+    h = activation_fn(self.activation)(self.image_tower(images, train=train))
+    y, mask = per_subject_readout(h, subject, tuple(int(c) for c in self.num_neurons_per_subject),
                                    self.param_dtype, self.dtype, self)
     return jnp.where(mask, nn.softplus(y), 0.0)
 
@@ -581,14 +567,14 @@ class DirectDecoder(nn.Module):
   __call__(responses, subject, *, train) -> (B, out_size**2) float32.
   """
   neural_tower: nn.Module
-  out_size: int = 16
+  out_size: int
   activation: str = "relu"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, responses, subject, *, train: bool):
-    h = _activation(self.activation)(self.neural_tower(responses, subject, train=train))
+    h = activation_fn(self.activation)(self.neural_tower(responses, subject, train=train))
     out = nn.Dense(self.out_size * self.out_size, dtype=self.dtype,
                    param_dtype=self.param_dtype, name="pixels")(h)
     return out.astype(jnp.float32)
@@ -596,108 +582,114 @@ class DirectDecoder(nn.Module):
 
 # ----------------------------------------------------------------------------- config
 
-def default_model_config():
-  """The model ConfigDict with every field `build_model` reads, at its default."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  c = ml_collections.ConfigDict()
-  c.embed_dim = 128
-  c.dtype = "float32"
-  c.init_temperature = 0.07
-  c.min_temperature = 0.01
-  c.init_bias = -10.0
-  c.decoder_size = 16
-  c.image_tower = ml_collections.ConfigDict(dict(
-      type="cnn", channels=(32, 64, 128), kernel_size=3, strides=2, hidden=(),
-      activation="gelu", pool="mean", front_end=ml_collections.FieldReference(None, str),
-      gabor=dict(size=11, orientations=4, spatial_frequencies=(0.125, 0.25), stride=2, pool=1),
-      input_mean=0.5, input_std=0.25))
-  c.neural_tower = ml_collections.ConfigDict(dict(
-      readin_dim=256, hidden=(512, 256), neuron_dropout=0.1, preprocess="none",
-      activation="relu"))
-  return c
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+IMAGE_TOWERS = {"cnn": ConvTower, "mlp": MLPTower, "features": FeatureHead}
 
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+def compute_dtype(model_config) -> Dtype:
+  """The jnp dtype named by `model.dtype` ("float32" | "bfloat16")."""
+  name = model_config.dtype
+  if name not in DTYPES:
+    raise ConfigError(f"model.dtype: unknown {name!r}; expected one of {sorted(DTYPES)}")
+  return DTYPES[name]
 
 
-def _get(cfg, key, default):
-  if cfg is None:
-    return default
-  value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-  return default if value is None and default is not None else value
-
-
-def _build_image_tower(cfg, embed_dim, image_shape, dtype):
-  kind = _get(cfg, "type", "cnn")
-  common = dict(embed_dim=embed_dim, dtype=dtype)
-  if kind == "cnn":
-    if len(image_shape) != 3:
-      raise ValueError(f"image_tower.type='cnn' needs (H, W, C) images, got {image_shape}")
-    gabor_cfg = _get(cfg, "gabor", None)
-    gabor_kw = None if gabor_cfg is None else {
-        k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-        for k, v in (gabor_cfg.to_dict() if hasattr(gabor_cfg, "to_dict") else dict(gabor_cfg)).items()}
-    return ConvTower(channels=tuple(_get(cfg, "channels", (32, 64, 128))),
-                     kernel_size=_get(cfg, "kernel_size", 3), strides=_get(cfg, "strides", 2),
-                     hidden=tuple(_get(cfg, "hidden", ())), pool=_get(cfg, "pool", "mean"),
-                     activation=_get(cfg, "activation", "gelu"),
-                     front_end=_get(cfg, "front_end", None), gabor=gabor_kw,
-                     input_mean=_get(cfg, "input_mean", 0.5),
-                     input_std=_get(cfg, "input_std", 0.25), **common)
-  if kind == "mlp":
-    return MLPTower(hidden=tuple(_get(cfg, "hidden", (512, 256))),
-                    activation=_get(cfg, "activation", "relu"),
-                    input_mean=_get(cfg, "input_mean", 0.5),
-                    input_std=_get(cfg, "input_std", 0.25), **common)
-  if kind == "features":
-    return FeatureHead(hidden=tuple(_get(cfg, "hidden", (512,))),
-                       activation=_get(cfg, "activation", "relu"), **common)
-  raise ValueError(f"image_tower.type: unknown {kind!r}; expected one of {IMAGE_TOWER_TYPES}")
-
-
-def build_model(config, num_neurons_per_subject: Sequence[int], image_shape: Sequence[int],
-                *, method: str | None = None, decoder_size: int | None = None) -> nn.Module:
-  """The module for `method` (default config.method, else "vna") from a model config.
+def module_fields(block, module: type, where: str, *, given=(), ignore=()) -> dict:
+  """The keyword arguments of `module` from a config block, checked both ways.
 
   Args:
-    config: model ConfigDict (fields in the module docstring; missing ones default).
-    num_neurons_per_subject: neuron count of each subject (K_max = the largest).
-    image_shape: shape of one image (H, W, C), or (F,) for image_tower.type="features".
-    method: "vna" -> DualEncoder, "direct_encoding" -> DirectEncoder,
-      "direct_decoding" -> DirectDecoder.
-    decoder_size: overrides config.decoder_size for the direct decoder.
+    block: a ConfigDict (or mapping) holding every field of `module` that has no default,
+      but those in `given`.
+    module: a flax module class.
+    where: the block's path in the config, for errors ("model.image_tower").
+    given: fields the caller passes itself (embed_dim, dtype, ...).
+    ignore: keys of the block that are not fields ("type").
 
   Returns:
-    An unbound flax module.
+    {field: value}, lists as tuples and nested blocks as plain dicts.
+
+  Raises:
+    ConfigError: a field is missing from the block, or the block has a key that is no
+      field of `module`.
   """
-  method = method or _get(config, "method", "vna")
+  values = dict(block.items())
+  fields = {f.name: f for f in dataclasses.fields(module)
+            if f.init and f.name not in ("parent", "name")}
+  required = [n for n, f in fields.items() if n not in given
+              and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+  missing = [n for n in required if n not in values]
+  unknown = sorted(set(values) - set(required) - set(ignore))
+  if missing or unknown:
+    raise ConfigError(f"{where}: {module.__name__} needs the fields {sorted(required)}"
+                      + (f"; missing {missing}" if missing else "")
+                      + (f"; unknown {unknown}" if unknown else ""))
+
+  def plain(value):
+    if hasattr(value, "items"):
+      return {k: plain(v) for k, v in value.items()}
+    return tuple(value) if isinstance(value, list) else value
+  return {n: plain(values[n]) for n in required}
+
+
+def image_tower(block, embed_dim: int, image_shape: Sequence[int], dtype: Dtype) -> nn.Module:
+  """The image tower of `model.image_tower` (its `type` selects the module)."""
+  kind = block.get("type")
+  if kind not in IMAGE_TOWERS:
+    raise ConfigError(f"model.image_tower.type: unknown {kind!r}; expected one of "
+                      f"{sorted(IMAGE_TOWERS)}")
+  if kind == "cnn" and len(image_shape) != 3:
+    raise ConfigError(f"model.image_tower.type='cnn' needs (H, W, C) images, got "
+                      f"{tuple(image_shape)}")
+  module = IMAGE_TOWERS[kind]
+  return module(**module_fields(block, module, "model.image_tower", given=("embed_dim",),
+                                ignore=("type",)), embed_dim=embed_dim, dtype=dtype)
+
+
+def neural_tower(block, num_neurons_per_subject: Sequence[int], embed_dim: int,
+                 dtype: Dtype) -> NeuralTower:
+  """The neural tower of `model.neural_tower`."""
+  counts = _neuron_counts(num_neurons_per_subject)
+  return NeuralTower(counts, **module_fields(
+      block, NeuralTower, "model.neural_tower",
+      given=("num_neurons_per_subject", "embed_dim")), embed_dim=embed_dim, dtype=dtype)
+
+
+def _neuron_counts(num_neurons_per_subject) -> tuple[int, ...]:
   counts = tuple(int(c) for c in num_neurons_per_subject)
   if not counts or min(counts) < 1:
     raise ValueError(f"num_neurons_per_subject must be positive counts, got {counts}")
-  dtype_name = _get(config, "dtype", "float32")
-  if dtype_name not in _DTYPES:
-    raise ValueError(f"model.dtype: unknown {dtype_name!r}; expected one of {sorted(_DTYPES)}")
-  dtype = _DTYPES[dtype_name]
-  embed_dim = _get(config, "embed_dim", 128)
-  ncfg = _get(config, "neural_tower", None)
+  return counts
 
-  def neural_tower():
-    return NeuralTower(counts, readin_dim=_get(ncfg, "readin_dim", 256),
-                       hidden=tuple(_get(ncfg, "hidden", (512, 256))), embed_dim=embed_dim,
-                       neuron_dropout=_get(ncfg, "neuron_dropout", 0.1),
-                       preprocess=_get(ncfg, "preprocess", "none"),
-                       activation=_get(ncfg, "activation", "relu"), dtype=dtype)
 
-  if method == "vna":
-    return DualEncoder(_build_image_tower(_get(config, "image_tower", None), embed_dim,
-                                          tuple(image_shape), dtype), neural_tower(),
-                       init_temperature=_get(config, "init_temperature", 0.07),
-                       min_temperature=_get(config, "min_temperature", 0.01),
-                       init_bias=_get(config, "init_bias", -10.0))
-  if method == "direct_encoding":
-    return DirectEncoder(_build_image_tower(_get(config, "image_tower", None), embed_dim,
-                                            tuple(image_shape), dtype), counts, dtype=dtype)
-  if method == "direct_decoding":
-    size = decoder_size or _get(config, "decoder_size", 16)
-    return DirectDecoder(neural_tower(), out_size=size, dtype=dtype)
-  raise ValueError(f"method: unknown {method!r}; expected one of {METHODS}")
+def dual_encoder(config, num_neurons_per_subject: Sequence[int],
+                 image_shape: Sequence[int]) -> DualEncoder:
+  """VNA's dual encoder from the model config (`config.model`).
+
+  Args:
+    config: the model ConfigDict: embed_dim, dtype, init_temperature, min_temperature,
+      init_bias, image_tower, neural_tower (configs/common.py).
+    num_neurons_per_subject: neuron count of each subject (K_max = the largest).
+    image_shape: shape of one image (H, W, C), or (F,) for image_tower.type="features".
+  """
+  dtype = compute_dtype(config)
+  return DualEncoder(
+      image_tower(config.image_tower, config.embed_dim, image_shape, dtype),
+      neural_tower(config.neural_tower, num_neurons_per_subject, config.embed_dim, dtype),
+      init_temperature=config.init_temperature, min_temperature=config.min_temperature,
+      init_bias=config.init_bias)
+
+
+def direct_encoder(config, num_neurons_per_subject: Sequence[int],
+                   image_shape: Sequence[int]) -> DirectEncoder:
+  """The direct-encoding baseline (image tower -> rates) from the model config."""
+  dtype = compute_dtype(config)
+  return DirectEncoder(image_tower(config.image_tower, config.embed_dim, image_shape, dtype),
+                       _neuron_counts(num_neurons_per_subject), dtype=dtype)
+
+
+def direct_decoder(config, num_neurons_per_subject: Sequence[int]) -> DirectDecoder:
+  """The direct-decoding baseline (neural tower -> a decoder_size^2 grey image)."""
+  dtype = compute_dtype(config)
+  return DirectDecoder(
+      neural_tower(config.neural_tower, num_neurons_per_subject, config.embed_dim, dtype),
+      out_size=config.decoder_size, dtype=dtype)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from jaxvna.configs import vna_sim
+from jaxvna.configs import common, vna_sim
 from jaxvna.data import pipeline, readers
 from jaxvna.commands import dryrun
 
@@ -27,9 +27,8 @@ def mlp_config(batch_size: int, impl: str):
   c = vna_sim.get_config()
   c.data.kwargs = dict(TINY_DATA)
   c.model.embed_dim = 32
-  c.model.image_tower = dict(type="mlp", hidden=(64,), activation="relu")
-  c.model.neural_tower = dict(readin_dim=32, hidden=(64,), neuron_dropout=0.0,
-                              preprocess="none", activation="relu")
+  c.model.image_tower = common.image_tower("mlp", hidden=(64,))
+  c.model.neural_tower = common.neural_tower(readin_dim=32, hidden=(64,), neuron_dropout=0.0)
   c.train.batch_size = batch_size
   c.loss.impl = impl
   return c

@@ -1,6 +1,7 @@
 """Tests of jaxvna.models.towers: shapes, feature maps, read-in masking, dropout, Gabor
 front end, bf16, the im2col convolution against lax, build_model."""
 
+import dataclasses
 import functools
 import math
 
@@ -11,7 +12,19 @@ import numpy as np
 import pytest
 from jax import lax
 
+from jaxvna.configs import common
 from jaxvna.models import towers as T
+
+
+def _tower(kind="cnn", *, embed_dim, dtype=jnp.float32, **fields):
+  """An image tower of `kind`: configs/common.py's defaults but `fields`."""
+  return T.IMAGE_TOWERS[kind](**{**common.IMAGE_TOWERS[kind], **fields}, embed_dim=embed_dim,
+                              dtype=dtype)
+
+
+def _neural_tower(counts, *, embed_dim, **fields):
+  """A neural tower: configs/common.py's defaults but `fields`."""
+  return T.NeuralTower(tuple(counts), **{**common.NEURAL_TOWER, **fields}, embed_dim=embed_dim)
 
 KEY = jax.random.key(0)
 
@@ -109,7 +122,7 @@ def test_gelu_is_exact_erf_gelu_with_its_gradient():
 # ----------------------------------------------------------------------------- image towers
 
 def test_conv_tower_shapes_and_feature_maps():
-  tower = T.ConvTower(channels=(8, 16, 32), embed_dim=12, hidden=(20,))
+  tower = _tower(channels=(8, 16, 32), embed_dim=12, hidden=(20,))
   images = _images(3, 32, 32, 1)
   variables = _init(tower, images)
   emb, feats = tower.apply(variables, images, train=False, return_features=True)
@@ -123,7 +136,7 @@ def test_conv_tower_shapes_and_feature_maps():
 
 
 def test_conv_tower_scales_uint8_like_float_in_unit_range():
-  tower = T.ConvTower(channels=(4,), embed_dim=3)
+  tower = _tower(channels=(4,), embed_dim=3)
   images = _images(2, 8, 8, 1)
   variables = _init(tower, images)
   as_float = images.astype(jnp.float32) / 255.0
@@ -132,19 +145,20 @@ def test_conv_tower_scales_uint8_like_float_in_unit_range():
 
 
 def test_mlp_tower_and_feature_head_shapes():
-  mlp = T.MLPTower(hidden=(16, 8), embed_dim=4)
+  mlp = _tower("mlp", hidden=(16, 8), embed_dim=4)
   images = _images(5, 8, 8, 1)
   emb, feats = mlp.apply(_init(mlp, images), images, train=False, return_features=True)
   assert emb.shape == (5, 4) and feats["hidden0"].shape == (5, 16)
   assert feats["hidden1"].shape == (5, 8) and bool(jnp.all(feats["hidden1"] >= 0))  # relu
-  head = T.FeatureHead(hidden=(6,), embed_dim=3)
+  head = _tower("features", hidden=(6,), embed_dim=3)
   x = jnp.ones((4, 10))
   assert head.apply(_init(head, x), x, train=False).shape == (4, 3)
 
 
 def test_gabor_front_end_has_no_params_and_is_not_trained():
-  tower = T.ConvTower(channels=(4,), embed_dim=3, front_end="gabor",
-                      gabor=dict(size=7, orientations=3, spatial_frequencies=(0.25,), stride=2))
+  tower = _tower(channels=(4,), embed_dim=3, front_end="gabor",
+                      gabor=dict(size=7, orientations=3, spatial_frequencies=(0.25,), stride=2,
+                           pool=1))
   images = _images(2, 16, 16, 3)
   variables = _init(tower, images)
   assert "gabor" not in variables["params"]
@@ -159,7 +173,8 @@ def test_gabor_front_end_has_no_params_and_is_not_trained():
 
 def test_gabor_energy_is_phase_invariant_quadrature_energy():
   # A grating at the bank's frequency/orientation: energy ~ constant across phase shifts.
-  front = T.GaborEnergyFrontEnd(size=15, orientations=2, spatial_frequencies=(0.125,), stride=1)
+  front = T.GaborEnergyFrontEnd(size=15, orientations=2, spatial_frequencies=(0.125,), stride=1,
+                                pool=1)
   cols = np.arange(32)
   phases = np.array([0.0, 1.0, 2.0])[:, None, None, None]
   img = np.cos(2 * np.pi * 0.125 * cols[None, None, :, None] + phases) * np.ones((3, 32, 32, 1))
@@ -170,8 +185,8 @@ def test_gabor_energy_is_phase_invariant_quadrature_energy():
 
 def test_bf16_compute_is_close_to_f32_with_f32_params():
   images = _images(4, 16, 16, 1)
-  f32 = T.ConvTower(channels=(8, 16), embed_dim=8)
-  bf16 = T.ConvTower(channels=(8, 16), embed_dim=8, dtype=jnp.bfloat16)
+  f32 = _tower(channels=(8, 16), embed_dim=8)
+  bf16 = _tower(channels=(8, 16), embed_dim=8, dtype=jnp.bfloat16)
   variables = _init(f32, images)
   assert jax.tree.leaves(_init(bf16, images))[0].dtype == jnp.float32
   a = f32.apply(variables, images, train=False)
@@ -186,7 +201,7 @@ COUNTS = (5, 8, 3)
 
 
 def _neural(**kw):
-  tower = T.NeuralTower(COUNTS, readin_dim=16, hidden=(12,), embed_dim=6, **kw)
+  tower = _neural_tower(COUNTS, readin_dim=16, hidden=(12,), embed_dim=6, **kw)
   r = jnp.asarray(np.random.default_rng(2).normal(size=(6, 8)), jnp.float32)
   s = jnp.asarray([0, 1, 2, 2, 1, 0], jnp.int32)
   return tower, r, s, _init(tower, r, s)
@@ -239,7 +254,7 @@ def test_neuron_dropout_only_in_training_and_deterministic_given_rng():
 
 def test_neuron_dropout_drops_whole_neurons_and_rescales():
   # With a one-neuron subject and identity-like read-in, dropped = bias only, kept = 2x.
-  tower = T.NeuralTower((1,), readin_dim=1, hidden=(), embed_dim=1, neuron_dropout=0.5,
+  tower = _neural_tower((1,), readin_dim=1, hidden=(), embed_dim=1, neuron_dropout=0.5,
                         activation="relu")
   r = jnp.ones((64, 1))
   s = jnp.zeros((64,), jnp.int32)
@@ -268,8 +283,9 @@ def test_neural_tower_rejects_wrong_width():
 # ----------------------------------------------------------------------------- top level
 
 def _dual():
-  model = T.DualEncoder(T.ConvTower(channels=(4, 8), embed_dim=6),
-                        T.NeuralTower(COUNTS, readin_dim=8, hidden=(8,), embed_dim=6))
+  model = T.DualEncoder(_tower(channels=(4, 8), embed_dim=6),
+                        _neural_tower(COUNTS, readin_dim=8, hidden=(8,), embed_dim=6),
+                        init_temperature=0.07, min_temperature=0.01, init_bias=-10.0)
   images = _images(6, 16, 16, 1)
   r = jnp.asarray(np.random.default_rng(3).normal(size=(6, 8)), jnp.float32)
   s = jnp.asarray([0, 1, 2, 0, 1, 2], jnp.int32)
@@ -301,7 +317,7 @@ def test_l2_normalize_handles_zero_rows():
 
 
 def test_direct_encoder_rates_positive_and_zero_beyond_count():
-  model = T.DirectEncoder(T.ConvTower(channels=(4,), embed_dim=8), COUNTS)
+  model = T.DirectEncoder(_tower(channels=(4,), embed_dim=8), COUNTS)
   images = _images(6, 8, 8, 1)
   s = jnp.asarray([0, 1, 2, 0, 1, 2], jnp.int32)
   variables = _init(model, images, s)
@@ -317,7 +333,7 @@ def test_direct_encoder_rates_positive_and_zero_beyond_count():
 
 
 def test_direct_decoder_shape():
-  model = T.DirectDecoder(T.NeuralTower(COUNTS, readin_dim=8, hidden=(), embed_dim=8),
+  model = T.DirectDecoder(_neural_tower(COUNTS, readin_dim=8, hidden=(), embed_dim=8),
                           out_size=4)
   r, s = jnp.ones((2, 8)), jnp.asarray([0, 2], jnp.int32)
   out = model.apply(_init(model, r, s), r, s, train=False)
@@ -326,22 +342,24 @@ def test_direct_decoder_shape():
 
 # ----------------------------------------------------------------------------- build_model
 
+BUILDERS = {"vna": T.dual_encoder, "direct_encoding": T.direct_encoder,
+            "direct_decoding": lambda config, counts, shape: T.direct_decoder(config, counts)}
+
+
+def _model_config(kind="cnn", front_end=None):
+  image = dict(channels=(4, 8), front_end=front_end, gabor=dict(common.GABOR, size=5)) \
+      if kind == "cnn" else {}
+  return common.model(
+      embed_dim=4, decoder_size=4, image_tower=common.image_tower(kind, hidden=(8,), **image),
+      neural_tower=common.neural_tower(readin_dim=8, hidden=(8,)))
+
+
 @pytest.mark.parametrize("kind,front_end", [("cnn", None), ("cnn", "gabor"), ("mlp", None),
                                             ("features", None)])
-@pytest.mark.parametrize("method", T.METHODS)
+@pytest.mark.parametrize("method", BUILDERS)
 def test_build_model_every_type_and_method(kind, front_end, method):
-  config = T.default_model_config()
-  config.image_tower.type = kind
-  config.image_tower.front_end = front_end
-  config.image_tower.channels = (4, 8)
-  config.image_tower.hidden = (8,)
-  config.image_tower.gabor.size = 5
-  config.neural_tower.readin_dim = 8
-  config.neural_tower.hidden = (8,)
-  config.embed_dim = 4
-  config.decoder_size = 4
   image_shape = (10,) if kind == "features" else (16, 16, 1)
-  model = T.build_model(config, COUNTS, image_shape, method=method)
+  model = BUILDERS[method](_model_config(kind, front_end), COUNTS, image_shape)
   b = 2
   images = jnp.ones((b, *image_shape), jnp.float32)
   r, s = jnp.ones((b, 8)), jnp.asarray([0, 1], jnp.int32)
@@ -355,18 +373,33 @@ def test_build_model_every_type_and_method(kind, front_end, method):
 
 
 def test_build_model_bf16_and_errors():
-  config = T.default_model_config()
-  config.dtype = "bfloat16"
-  model = T.build_model(config, (8,), (16, 16, 1))
+  config = common.model(dtype="bfloat16")
+  model = T.dual_encoder(config, (8,), (16, 16, 1))
   assert model.image_tower.dtype == jnp.bfloat16 and model.neural_tower.dtype == jnp.bfloat16
   config.dtype = "float16"
   with pytest.raises(ValueError, match="model.dtype"):
-    T.build_model(config, (8,), (16, 16, 1))
-  config = T.default_model_config()
+    T.dual_encoder(config, (8,), (16, 16, 1))
+  config = common.model()
   config.image_tower.type = "resnet"
   with pytest.raises(ValueError, match="image_tower.type"):
-    T.build_model(config, (8,), (16, 16, 1))
-  with pytest.raises(ValueError, match="method"):
-    T.build_model(T.default_model_config(), (8,), (16, 16, 1), method="vae")
+    T.dual_encoder(config, (8,), (16, 16, 1))
   with pytest.raises(ValueError, match="needs \\(H, W, C\\)"):
-    T.build_model(T.default_model_config(), (8,), (10,))
+    T.dual_encoder(common.model(), (8,), (10,))
+
+
+def test_every_configured_field_comes_from_the_config():
+  # A missing field is named, not filled in; a field no tower has (a typo) is refused.
+  config = common.model()
+  del config.image_tower["kernel_size"]
+  with pytest.raises(ValueError, match="model.image_tower: ConvTower .*missing \\['kernel_size'\\]"):
+    T.dual_encoder(config, (8,), (16, 16, 1))
+  config = common.model()
+  config.neural_tower.readin_width = 8
+  with pytest.raises(ValueError, match="model.neural_tower: .*unknown \\['readin_width'\\]"):
+    T.dual_encoder(config, (8,), (16, 16, 1))
+  for cls in (T.ConvTower, T.MLPTower, T.FeatureHead, T.NeuralTower, T.DualEncoder):
+    configured = [f for f in dataclasses.fields(cls) if f.name not in ("parent", "name")
+                  and f.default is dataclasses.MISSING]
+    assert configured, cls  # the configured fields have no default of their own
+  with pytest.raises(ValueError, match="unknown field"):
+    common.image_tower("mlp", channels=(4,))

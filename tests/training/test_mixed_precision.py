@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvna.configs import vna_sim
+from jaxvna.configs import common, vna_sim
 from jaxvna.data import pipeline, readers
 from jaxvna.training import train
 
@@ -20,7 +20,8 @@ def tiny_dataset():
 def tiny_config(dtype: str, image_tower: str = "mlp"):
   c = vna_sim.get_config("vna,tiny")
   c.model.dtype = dtype
-  c.model.image_tower.type = image_tower
+  if image_tower == "cnn":
+    c.model.image_tower = common.image_tower("cnn", channels=(8, 16), hidden=(128,))
   c.loss.impl = "ring"
   c.train.steps = 80
   c.train.log_every = 1

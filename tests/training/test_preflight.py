@@ -7,6 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from jaxvna import configs
 from jaxvna.configs import vna_sim
 from jaxvna.data.dataset import DataError
 from jaxvna.errors import ConfigError
@@ -17,9 +18,8 @@ CONFIGS = pathlib.Path(vna_sim.__file__).parent
 
 
 def _shipped_configs():
-  for path in sorted(CONFIGS.glob("*.py")):
-    if path.name.startswith("_"):
-      continue
+  for name in configs.names():
+    path = CONFIGS / f"{name}.py"
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

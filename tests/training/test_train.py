@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvna.configs import vna_sim
+from jaxvna.configs import common, vna_sim
 from jaxvna.data import readers
 from jaxvna.training import checkpoint, train
 
@@ -216,7 +216,7 @@ def test_features_tower_trains_on_precomputed_image_features(tmp_path, tiny_data
           r.images, spatial_frequencies=(1, 2, 4, 8)))
       for r in tiny_dataset.recordings))
   config = tiny_config(steps=80)
-  config.model.image_tower = dict(type="features", hidden=(128,))
+  config.model.image_tower = common.image_tower("features", hidden=(128,))
   out = train.train_and_evaluate(config, tmp_path, dataset=with_features)
   res = out["results"]["vna"]
   for task in ("decoding", "encoding"):

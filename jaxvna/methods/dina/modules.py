@@ -148,7 +148,7 @@ class DINA(nn.Module):
 
 def feature_map_names(image_tower_config) -> tuple[str, ...]:
   """The names of the ConvTower feature maps a DINA level may use."""
-  channels = image_tower_config.get("channels", towers.ConvTower.channels)
+  channels = image_tower_config["channels"]
   names = tuple(f"level{i + 1}" for i in range(len(channels)))
   return (("front_end",) if image_tower_config.get("front_end") == "gabor" else ()) + names
 
@@ -178,7 +178,7 @@ def build_dina(config, num_neurons_per_subject: Sequence[int],
     raise ValueError(f"dina.levels: expected distinct names among {allowed}, got {levels}")
   if len(weights) != len(levels) or min(weights) <= 0:
     raise ValueError(f"dina.level_weights: expected {len(levels)} positive weights, got {weights}")
-  vna = towers.build_model(config.model, num_neurons_per_subject, image_shape, method="vna")
+  vna = towers.dual_encoder(config.model, num_neurons_per_subject, image_shape)
   embed_dim = config.model.embed_dim
   return DINA(vna.image_tower.clone(),
               vna.neural_tower.clone(embed_dim=len(levels) * embed_dim),

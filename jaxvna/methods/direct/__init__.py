@@ -17,10 +17,14 @@ from jaxvna.evaluation import discriminative, predictivity
 from jaxvna.models import inputs, towers
 
 
-def _build(config, dataset, aux=None):
+def _build_encoder(config, dataset, aux=None):
   del aux
-  return towers.build_model(config.model, dataset.neuron_counts, dataset.image_shape,
-                            method=config.method)
+  return towers.direct_encoder(config.model, dataset.neuron_counts, dataset.image_shape)
+
+
+def _build_decoder(config, dataset, aux=None):
+  del aux
+  return towers.direct_decoder(config.model, dataset.neuron_counts)
 
 
 def _encoding_init_args(config, dataset, aux=None) -> tuple:
@@ -106,12 +110,12 @@ def decoding_represent(config, model, params):
 
 METHODS = {
     "direct_encoding": registry.Method(
-        name="direct_encoding", build_model=_build, init_args=_encoding_init_args,
+        name="direct_encoding", build_model=_build_encoder, init_args=_encoding_init_args,
         objective=encoding_objective, represent=encoding_represent, in_demo=True,
         poisson_likelihood=lambda config: config.baseline.encoding_loss == "poisson",
         title="direct encoding", example_config="configs/vna_sim.py:direct_encoding"),
     "direct_decoding": registry.Method(
-        name="direct_decoding", build_model=_build, init_args=_decoding_init_args,
+        name="direct_decoding", build_model=_build_decoder, init_args=_decoding_init_args,
         objective=decoding_objective, represent=decoding_represent, in_demo=True,
         title="direct decoding", example_config="configs/vna_sim.py:direct_decoding"),
 }

@@ -71,7 +71,8 @@ def build_model(config, dataset, aux=None):
                             tuple(g.spatial_frequencies), g.stride, g.pool),
       LinearNeuralTower(tuple(dataset.neuron_counts), m.embed_dim,
                         m.neural_tower.preprocess),
-      init_temperature=m.init_temperature, min_temperature=m.min_temperature)
+      init_temperature=m.init_temperature, min_temperature=m.min_temperature,
+      init_bias=m.init_bias)
 
 
 def init_args(config, dataset, aux=None) -> tuple:

@@ -157,7 +157,7 @@ class PoissonDecoder(nn.Module):
   @nn.compact
   def __call__(self, z: jax.Array, subject: jax.Array) -> jax.Array:
     h, _ = towers.MLP(tuple(self.hidden), self.activation, name="mlp")(z)
-    y, mask = towers._per_subject_readout(h, subject, tuple(self.num_neurons_per_subject),
+    y, mask = towers.per_subject_readout(h, subject, tuple(self.num_neurons_per_subject),
                                           jnp.float32, jnp.float32, self)
     return jnp.where(mask, nn.softplus(y) + 1e-4, 0.0)
 
@@ -284,7 +284,8 @@ class MICritic(nn.Module):
   def setup(self):
     self.image_tower = towers.ConvTower(channels=tuple(self.channels),
                                         hidden=tuple(self.hidden),
-                                        embed_dim=len(self.groups) * self.embed_dim)
+                                        embed_dim=len(self.groups) * self.embed_dim,
+                                        **_CRITIC_CNN)
     self.value_mlps = [towers.MLP(tuple(self.value_hidden), "gelu")
                        for _ in self.groups]
     self.value_heads = [nn.Dense(self.embed_dim) for _ in self.groups]
@@ -329,6 +330,11 @@ class MICritic(nn.Module):
     weights = jax.nn.softmax(logits, axis=-1)
     return jnp.concatenate([weights[:, g] @ reference[:, s]
                             for g, s in enumerate(group_slices(self.groups))], axis=1)
+
+
+# The critic's CNN beyond its widths: 3x3 stride-2 GELU convs, mean pooling, no front end.
+_CRITIC_CNN = dict(kernel_size=3, strides=2, pool="mean", activation="gelu", front_end=None,
+                   gabor=None, input_mean=0.5, input_std=0.25)
 
 
 def build_critic(config) -> MICritic:

@@ -126,7 +126,7 @@ class NeuronSetEncoder(nn.Module):
     if train and self.neuron_dropout > 0:
       keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.neuron_dropout, x.shape)
       x = jnp.where(keep, x / (1 - self.neuron_dropout), 0.0)
-    act = towers._activation(self.activation)
+    act = towers.activation_fn(self.activation)
     h = table["features"].astype(self.dtype)
     for i, width in enumerate(self.feature_hidden):
       h = act(nn.Dense(width, dtype=self.dtype, name=f"feature_mlp{i}")(h))
@@ -177,7 +177,7 @@ class ImageDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, z):
-    act = towers._activation(self.activation)
+    act = towers.activation_fn(self.activation)
     for i, width in enumerate(self.hidden):
       z = act(nn.Dense(width, name=f"hidden{i}")(z))
     pixels = nn.Dense(self.size * self.size, name="pixels")(z)
@@ -273,10 +273,10 @@ def build_mivae(config, num_neurons_per_subject, image_shape) -> MiVAE:
   counts = tuple(int(c) for c in num_neurons_per_subject)
   if not counts or min(counts) < 1:
     raise ValueError(f"miVAE: every subject needs at least one neuron, got counts {counts}")
-  dtype = towers._DTYPES[mc.get("dtype", "float32")]
+  dtype = towers.compute_dtype(mc)
   width = 2 * (m.shared_dim + m.image_private_dim)
   return MiVAE(
-      image_tower=towers._build_image_tower(mc.image_tower, width, tuple(image_shape), dtype),
+      image_tower=towers.image_tower(mc.image_tower, width, tuple(image_shape), dtype),
       neural_encoder=NeuronSetEncoder(
           shared_dim=m.shared_dim, subject_dim=m.subject_dim, readin_dim=m.readin_dim,
           feature_hidden=tuple(m.feature_hidden), hidden=tuple(m.hidden),

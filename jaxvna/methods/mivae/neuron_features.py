@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxvna import correlation
 from jaxvna.data.dataset import DataError, Dataset, Recording
 
 FEATURE_KINDS = ("tuning", "coords")
@@ -48,22 +49,16 @@ def image_descriptors(images: np.ndarray) -> np.ndarray:
   return np.concatenate([energy, luminance], axis=1).astype(np.float32)
 
 
-def _correlation_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """(N, K), (N, P) -> (K, P) Pearson correlation of every column pair (0 for constants)."""
-  a = a - a.mean(0)
-  b = b - b.mean(0)
-  norm = np.sqrt((a * a).sum(0))[:, None] * np.sqrt((b * b).sum(0))[None, :]
-  return np.where(norm > 0, (a.T @ b) / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
-
-
 def tuning_fingerprints(rec: Recording, split: str = "train") -> np.ndarray:
-  """(K, 100) correlation of each neuron's mean log1p response with the descriptor bank."""
+  """(K, 100) float32 correlation of each neuron's mean log1p response with the descriptor
+  bank, computed in float32."""
   idx = rec.indices(split)
   if idx.size < 3:
     raise DataError(f"recording {rec.name}: {idx.size} images in split {split!r}; tuning "
                     f"fingerprints need at least 3")
   responses = np.log1p(np.maximum(np.nan_to_num(rec.mean_responses[idx]), 0.0))
-  return _correlation_columns(responses, image_descriptors(rec.images[idx]))
+  return correlation.columns(responses.astype(np.float32, copy=False),
+                             image_descriptors(rec.images[idx]))
 
 
 def response_statistics(rec: Recording, split: str = "train") -> tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,7 @@ from jaxvna.models import inputs, towers
 
 def build_model(config, dataset, aux=None):
   del aux
-  return towers.build_model(config.model, dataset.neuron_counts, dataset.image_shape,
-                            method="vna")
+  return towers.dual_encoder(config.model, dataset.neuron_counts, dataset.image_shape)
 
 
 def init_args(config, dataset, aux=None) -> tuple:
