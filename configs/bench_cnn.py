@@ -26,6 +26,7 @@ def get_config(arg=None):
       warmup_steps=3, rounds=4))
   if tiny:
     c.train.batch_size = 32
+    c.data.kwargs = vna_sim.get_config("tiny").data.kwargs  # the loop's real data
     c.bench.update(dict(image_shape=(16, 16, 1), num_neurons=100, steps=3, warmup_steps=1,
                         rounds=2))
   return c

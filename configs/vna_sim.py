@@ -33,6 +33,11 @@ def get_config(arg: str = "vna"):
   c.data.response_mode = "trial"  # train on single trials (mean: trial averages)
   # Train on a nested fraction of each subject's training images (data-size studies).
   c.data.train_fraction = 1.0
+  # Where batches are assembled: "host" (the grain pipeline), "device" (the training split
+  # placed on the devices once, each step's batch drawn inside the step), or "auto"
+  # (device when the split takes at most device_memory_mb on each device).
+  c.data.placement = "host"
+  c.data.device_memory_mb = 1024.0
 
   # The towers (every field and its default: configs/common.py).
   c.model = common.model(image_tower=common.image_tower("cnn", hidden=(256,)),
@@ -55,7 +60,8 @@ def get_config(arg: str = "vna"):
 
   c.train = ml_collections.ConfigDict(dict(
       steps=600, batch_size=256, checkpoint_every=200, keep_checkpoints=3, log_every=50,
-      progress_bar=True))
+      progress_bar=True,
+      steps_per_call=1))  # updates per jitted call (lax.scan); calls end at log/checkpoint steps
 
   c.eval = ml_collections.ConfigDict(dict(
       split="test", n_ways=(2, 10, 50, 100, "all"), draws=200, seed=0, gabor_ridge=True))

@@ -26,8 +26,8 @@ luminance and contrast that neurons respond to.
 Building from a config: `dual_encoder`, `direct_encoder` and `direct_decoder` take the
 run's `config.model` and pass each block's fields to its module (`ConvTower(**fields)`).
 The configurable fields have no defaults here: the config is their single source
-(`configs/common.py` lists every field at its default), and a missing or unknown field is
-a ConfigError naming it.
+(`configs/common.py` lists every field at its default), and a missing field, or one that
+no tower of its kind has, is a ConfigError naming it.
 """
 
 from __future__ import annotations
@@ -641,8 +641,11 @@ def image_tower(block, embed_dim: int, image_shape: Sequence[int], dtype: Dtype)
     raise ConfigError(f"model.image_tower.type='cnn' needs (H, W, C) images, got "
                       f"{tuple(image_shape)}")
   module = IMAGE_TOWERS[kind]
+  # Fields of the other tower types may stay in the block (a type switched on the command
+  # line, `--config.model.image_tower.type=mlp`); a field of none is a typo.
+  others = {f.name for m in IMAGE_TOWERS.values() for f in dataclasses.fields(m)}
   return module(**module_fields(block, module, "model.image_tower", given=("embed_dim",),
-                                ignore=("type",)), embed_dim=embed_dim, dtype=dtype)
+                                ignore=("type", *others)), embed_dim=embed_dim, dtype=dtype)
 
 
 def neural_tower(block, num_neurons_per_subject: Sequence[int], embed_dim: int,

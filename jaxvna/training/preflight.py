@@ -64,6 +64,8 @@ RULES: tuple[tuple[str, tuple[Callable[[Any], bool], str]], ...] = (
     ("*.decay_steps", _optional(_int_at_least(1))),
     ("*steps", _int_at_least(1)),
     ("*.batch_size", _int_at_least(1)),
+    ("*.steps_per_call", _int_at_least(1)),
+    ("*_mb", _POSITIVE),
     ("*_every", _int_at_least(1)),
     ("*.keep_checkpoints", _int_at_least(1)),
     ("*.max_consecutive_nonfinite", _int_at_least(1)),

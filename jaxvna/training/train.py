@@ -12,6 +12,7 @@ together with the others; process 0 alone writes the workdir's logs and results.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,13 +28,13 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxvna import errors, files, registry
-from jaxvna.data import Dataset, pipeline, readers
+from jaxvna.data import Dataset, pipeline, readers, resident
 from jaxvna.evaluation import discriminative
 from jaxvna.training import checkpoint, distributed, preflight, workdir_lock
 
 # Fields that may change between a run and its resumption (more steps, other evals).
-RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every", "eval",
-                  "interpret")
+RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every",
+                  "train.steps_per_call", "eval", "interpret")
 
 
 # ----------------------------------------------------------------------------
@@ -140,12 +141,84 @@ def load_dataset(config) -> Dataset:
   return readers.load(config.data.kind, **config.data.kwargs)
 
 
+PLACEMENTS = ("host", "device", "auto")
+
+
 def make_input(config, dataset: Dataset, mesh):
+  """The training input of `config.data.placement`: a `HostInput` (grain reads and
+  assembles batches on the host) or a `DeviceInput` (the split on the devices, batches
+  drawn inside the step); "auto" is "device" when the split fits
+  `data.device_memory_mb`."""
+  placement = config.data.placement
+  if placement not in PLACEMENTS:
+    raise errors.ConfigError(f"config.data.placement: unknown {placement!r}; expected one "
+                             f"of {PLACEMENTS}")
+  if placement != "host":
+    arrays = resident.arrays(dataset, "train", fraction=config.data.train_fraction,
+                             subset_seed=config.seed, response_mode=config.data.response_mode)
+    size_mb = resident.nbytes(arrays) / 2**20
+    if placement == "device" or size_mb <= config.data.device_memory_mb:
+      return DeviceInput(config, arrays, mesh)
   source = pipeline.DatasetSource(dataset, "train", fraction=config.data.train_fraction,
                                   subset_seed=config.seed)
-  return pipeline.make_train_iterator(
+  return HostInput(pipeline.make_train_iterator(
       source, global_batch_size=config.train.batch_size, mesh=mesh, seed=config.seed,
-      response_mode=config.data.response_mode)
+      response_mode=config.data.response_mode))
+
+
+class HostInput:
+  """Batches read by the host pipeline; each call of the step takes the next n of them."""
+
+  data = None  # nothing resident on the devices
+
+  def __init__(self, batches: pipeline.TrainIterator):
+    self._batches = batches
+
+  def call_inputs(self, first_step: int, n: int) -> tuple:
+    del first_step  # the iterator knows where it is
+    return tuple(next(self._batches) for _ in range(n))
+
+  def get_state(self) -> dict:
+    return {"placement": "host", **self._batches.get_state()}
+
+  def set_state(self, state) -> None:
+    if state.get("placement", "host") != "host":
+      raise ValueError(f"the checkpoint's input state was saved by the {state['placement']} "
+                       "input, not the host pipeline")
+    self._batches.set_state({k: v for k, v in state.items() if k != "placement"})
+
+
+class DeviceInput:
+  """The training split resident on the devices (`jaxvna.data.resident`): a call of the
+  step gets only the small integers that locate its steps' batches in the stream."""
+
+  def __init__(self, config, arrays: resident.Resident, mesh):
+    self.data = resident.place(arrays, mesh)
+    self._host = arrays
+    self._batch_size = config.train.batch_size
+    self.draw = functools.partial(
+        resident.draw, seed=config.seed, batch_size=self._batch_size,
+        response_mode=config.data.response_mode, weighting="size",
+        sharding=NamedSharding(mesh, P("data")))
+    self._fingerprint = {"placement": "device", "seed": int(config.seed),
+                         "global_batch_size": int(self._batch_size),
+                         "response_mode": config.data.response_mode,
+                         "num_records": len(arrays.subjects)}
+
+  def call_inputs(self, first_step: int, n: int) -> np.ndarray:
+    """(n, 2) uint32 stream offsets of steps first_step .. first_step + n - 1."""
+    return np.stack([resident.stream_offsets(first_step + k, self._batch_size, self._host,
+                                             "size") for k in range(n)])
+
+  def get_state(self) -> dict:
+    return dict(self._fingerprint)
+
+  def set_state(self, state) -> None:
+    mismatched = {k: (state.get(k), v) for k, v in self._fingerprint.items()
+                  if state.get(k) != v}
+    if mismatched:
+      raise ValueError("the checkpoint's input state was saved by another input "
+                       f"(saved, current): {mismatched}")
 
 
 # ----------------------------------------------------------------------------
@@ -212,6 +285,37 @@ def abstract_state(init_fn, sharding) -> TrainState:
 
 def make_train_step(config, objective, tx):
   """The single jitted update: (state, batch) -> (state, metrics), state donated."""
+  return jax.jit(_update(config, objective, tx), donate_argnums=(0,))
+
+
+def make_train_call(config, objective, tx, draw=None):
+  """Several updates in one jitted call (`lax.scan`), state donated.
+
+  (state, data, inputs) -> (state, metrics). Host input: `data` is None and `inputs` a
+  tuple of n batches. Device input: `data` is the resident split and `inputs` the (n, .)
+  stream offsets that `draw(data, offsets, step)` turns into each step's batch. The
+  metrics are the last step's, with `nonfinite_streak` the longest streak of the call.
+  One update (n = 1) is the update of `make_train_step`, not a scan of one.
+  """
+  update = _update(config, objective, tx)
+
+  def one(state, data, x):
+    return update(state, x if draw is None else draw(data, x, state.step))
+
+  def call(state: TrainState, data, inputs):
+    if len(inputs) == 1:
+      return one(state, data, inputs[0])
+    if draw is None:
+      inputs = jax.tree.map(lambda *xs: jnp.stack(xs), *inputs)
+    state, metrics = jax.lax.scan(lambda s, x: one(s, data, x), state, inputs)
+    last = jax.tree.map(lambda m: m[-1], metrics)
+    return state, dict(last, nonfinite_streak=metrics["nonfinite_streak"].max())
+
+  return jax.jit(call, donate_argnums=(0,))
+
+
+def _update(config, objective, tx):
+  """One update (state, batch) -> (state, metrics), not jitted."""
   base_rng = jax.random.key(config.seed + 1)
 
   def train_step(state: TrainState, batch):
@@ -225,7 +329,7 @@ def make_train_step(config, objective, tx):
                    nonfinite_streak=opt_state.notfinite_count)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  return jax.jit(train_step, donate_argnums=(0,))
+  return train_step
 
 
 # ----------------------------------------------------------------------------
@@ -269,8 +373,9 @@ def _train(config, workdir: pathlib.Path, *, dataset: Dataset | None, force: boo
   # its devices' copies of the replicated state; the values equal the eager init's.
   initial_state = jax.jit(lambda: init_state(config, model, tx, dataset, aux),
                           out_shardings=replicated)
-  step_fn = make_train_step(config, make_objective(config, model, mesh, aux), tx)
   batches = make_input(config, dataset, mesh)
+  call_fn = make_train_call(config, make_objective(config, model, mesh, aux), tx,
+                            getattr(batches, "draw", None))
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints)
   restored = ckpt.restore(abstract_state(initial_state, replicated))
@@ -287,12 +392,8 @@ def _train(config, workdir: pathlib.Path, *, dataset: Dataset | None, force: boo
     with jax.set_mesh(mesh), tqdm.tqdm(total=total, initial=start, desc=config.method,
                                        disable=not (config.train.progress_bar and primary)
                                        ) as bar:
-      for step in range(start + 1, total + 1):
-        state, metrics = step_fn(state, next(batches))
-        # Bound what is in flight: back-to-back sharded steps can stall on CPU collectives.
-        jax.block_until_ready(metrics)
-        bar.update(1)
-        streak = int(jax.device_get(metrics["nonfinite_streak"]))
+      def after_call(step, n, state, metrics, streak):
+        bar.update(n)
         if streak >= config.optim.max_consecutive_nonfinite:
           raise errors.NonFiniteError(nonfinite_message(config, step, streak,
                                                         jax.device_get(metrics),
@@ -306,6 +407,8 @@ def _train(config, workdir: pathlib.Path, *, dataset: Dataset | None, force: boo
             logging.warning("step %d: non-finite gradients; the update was skipped", step)
         if step % config.train.checkpoint_every == 0 or step == total:
           ckpt.save(step, state, {"input_state": batches.get_state(), "step": step})
+
+      state = run_calls(config, call_fn, state, batches, start, total, after_call)
   finally:
     ckpt.close()  # waits for a save in flight, also when the run stops with an error
     if log is not None:
@@ -318,6 +421,37 @@ def _train(config, workdir: pathlib.Path, *, dataset: Dataset | None, force: boo
   if primary:
     files.write_json(workdir / "summary.json", summary)
   return model, params, dataset
+
+
+def run_calls(config, call_fn, state, batches, start: int, stop: int, after_call=None):
+  """The training loop proper: calls of `call_fn` from step `start` to `stop`.
+
+  A call runs up to train.steps_per_call updates and ends at every log and checkpoint
+  step, so what is logged and saved does not depend on it. After each call,
+  `after_call(step, n, state, metrics, streak)` runs (logging, checkpoints, the
+  non-finite guard; `streak` is the call's longest run of skipped updates).
+
+  Returns the final state.
+  """
+  step = start
+  while step < stop:
+    n = min(config.train.steps_per_call, stop - step,
+            _until_multiple(step, config.train.log_every),
+            _until_multiple(step, config.train.checkpoint_every))
+    state, metrics = call_fn(state, batches.data, batches.call_inputs(step, n))
+    step += n
+    # Reading the streak waits for the call: one host sync per call, not per update (it
+    # also bounds what is in flight, which back-to-back sharded steps on CPU need against
+    # a collective stall).
+    streak = int(jax.device_get(metrics["nonfinite_streak"]))
+    if after_call is not None:
+      after_call(step, n, state, metrics, streak)
+  return state
+
+
+def _until_multiple(step: int, every: int) -> int:
+  """Updates from `step` to the next multiple of `every`."""
+  return every - step % every
 
 
 def nonfinite_message(config, step: int, streak: int, metrics: dict,

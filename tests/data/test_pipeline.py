@@ -8,29 +8,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxvna.data import pipeline
-from jaxvna.data.dataset import DataError, Dataset, Recording
-
-# (name, images, repeats, neurons): different sizes, repeat counts and neuron counts.
-LAYOUT = (("a", 40, 3, 4), ("b", 16, 1, 7), ("c", 24, 2, 5))
-K_MAX, R_MAX = 7, 3
-
-
-def make_recording(rng, index, name, n, r, k):
-  responses = rng.normal(size=(n, r, k)).astype(np.float32)
-  if r > 1:  # some images lack their last repeats (NaN-padded whole repeats)
-    responses[: n // 2, r - 1] = np.nan
-  return Recording(
-      name=name, images=rng.integers(0, 256, (n, 5, 4, 1), dtype=np.uint8),
-      responses=responses, neuron_coords=rng.normal(size=(k, 2)).astype(np.float32),
-      split=np.array([0, 0, 1, 0, 2, 0, 0, 0][: 8] * (n // 8), np.int8),
-      # ids unique across recordings, so an example's id tells its recording
-      stimulus_ids=np.arange(n, dtype=np.int64) * 3 + index + 10)
-
-
-def make_dataset(seed=0, layout=LAYOUT):
-  rng = np.random.default_rng(seed)
-  return Dataset("toy", tuple(make_recording(rng, i, *spec) for i, spec in enumerate(layout)))
-
+from jaxvna.data.dataset import DataError, Dataset
+from toy_recordings import K_MAX, R_MAX, make_dataset, make_recording, owner
 
 @pytest.fixture(scope="module")
 def dataset():
@@ -40,15 +19,6 @@ def dataset():
 @pytest.fixture(scope="module")
 def mesh():
   return jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def owner(dataset, stimulus_id):
-  """(subject, image index) of a stimulus id (ids are unique across recordings here)."""
-  for s, rec in enumerate(dataset.recordings):
-    hits = np.flatnonzero(rec.stimulus_ids == stimulus_id)
-    if len(hits):
-      return s, int(hits[0])
-  raise AssertionError(f"unknown stimulus id {stimulus_id}")
 
 
 def take(iterator, n):
@@ -302,7 +272,7 @@ jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processe
                            process_id=process_id)
 from jax.experimental import multihost_utils
 sys.path.insert(0, tests_dir)
-from test_pipeline import make_dataset
+from toy_recordings import make_dataset
 from jaxvna.data import pipeline
 source = pipeline.DatasetSource(make_dataset(), "train")
 mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
@@ -327,10 +297,10 @@ def test_two_real_processes_each_read_their_half_of_the_global_batch():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  tests_dir = pathlib.Path(__file__).resolve().parent
+  tests_dir = pathlib.Path(__file__).resolve().parents[1]
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             PYTHONPATH=os.pathsep.join([str(tests_dir.parents[1]),
+             PYTHONPATH=os.pathsep.join([str(tests_dir.parent),
                                          os.environ.get("PYTHONPATH", "")]))
   procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS_CHILD, str(i), str(port),
                              str(tests_dir)], env=env, stdout=subprocess.PIPE,

@@ -401,5 +401,14 @@ def test_every_configured_field_comes_from_the_config():
     configured = [f for f in dataclasses.fields(cls) if f.name not in ("parent", "name")
                   and f.default is dataclasses.MISSING]
     assert configured, cls  # the configured fields have no default of their own
+  config = common.model()
+  config.image_tower.chanels = (4,)
+  with pytest.raises(ValueError, match="unknown \\['chanels'\\]"):
+    T.dual_encoder(config, (8,), (16, 16, 1))
+  # A type switched in place (as a command-line flag does) uses the block's own values.
+  config = common.model()
+  config.image_tower.type = "mlp"
+  tower = T.dual_encoder(config, (8,), (16, 16, 1)).image_tower
+  assert isinstance(tower, T.MLPTower) and tower.activation == "gelu" and tower.hidden == ()
   with pytest.raises(ValueError, match="unknown field"):
     common.image_tower("mlp", channels=(4,))

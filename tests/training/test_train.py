@@ -102,9 +102,12 @@ def test_nan_batch_is_skipped_and_counted(tiny_dataset):
     assert np.isfinite(b).all()
 
 
-def test_kill9_and_resume_gives_the_uninterrupted_parameters(tmp_path):
+@pytest.mark.parametrize("placement,steps_per_call", [("host", 1), ("device", 4)])
+def test_kill9_and_resume_gives_the_uninterrupted_parameters(tmp_path, placement,
+                                                             steps_per_call):
   config = tiny_config(steps=60)
-  flags = _overrides(config)
+  flags = _overrides(config) + [f"--config.data.placement={placement}",
+                                f"--config.train.steps_per_call={steps_per_call}"]
   straight = tmp_path / "straight"
   p = _cli(["train", "--config=" + vna_sim.__file__, f"--workdir={straight}", *flags])
   out, _ = p.communicate(timeout=600)
@@ -129,6 +132,42 @@ def test_kill9_and_resume_gives_the_uninterrupted_parameters(tmp_path):
   assert p.returncode == 0, out[-3000:]
   digest = lambda d: json.loads((d / "summary.json").read_text())["params_digest"]
   assert digest(killed) == digest(straight)
+
+
+@pytest.mark.parametrize("placement", ["host", "device"])
+def test_several_steps_per_call_give_the_parameters_of_single_steps(tmp_path, tiny_dataset,
+                                                                     placement):
+  digests = {}
+  for k in (1, 8):
+    config = tiny_config(steps=24)
+    config.data.placement = placement
+    config.train.steps_per_call = k
+    config.train.log_every = config.train.checkpoint_every = 10  # calls of 8, 2, 8, 2, 4
+    train.train(config, tmp_path / f"k{k}", dataset=tiny_dataset)
+    digests[k] = json.loads((tmp_path / f"k{k}" / "summary.json").read_text())["params_digest"]
+    logged = [json.loads(l)["step"] for l in (tmp_path / f"k{k}" / "metrics.jsonl").open()]
+    assert logged == [10, 20, 24]
+  assert digests[1] == digests[8]
+
+
+def test_device_placement_draws_other_batches_and_auto_follows_the_budget(tmp_path,
+                                                                          tiny_dataset):
+  config = tiny_config(steps=2)
+  mesh = train.make_mesh()
+  assert isinstance(train.make_input(config, tiny_dataset, mesh), train.HostInput)
+  config.data.placement = "auto"
+  assert isinstance(train.make_input(config, tiny_dataset, mesh), train.DeviceInput)
+  config.data.device_memory_mb = 0.01
+  assert isinstance(train.make_input(config, tiny_dataset, mesh), train.HostInput)
+  config.data.placement = "gpu"
+  with pytest.raises(ValueError, match="data.placement"):
+    train.make_input(config, tiny_dataset, mesh)
+  # A host checkpoint does not resume with device input, nor the reverse.
+  config = tiny_config(steps=2)
+  train.train(config, tmp_path, dataset=tiny_dataset)
+  config.data.placement, config.train.steps = "device", 4
+  with pytest.raises(ValueError, match="data.placement"):
+    train.train(config, tmp_path, dataset=tiny_dataset)
 
 
 def test_resume_on_another_device_count(tmp_path):

@@ -1,0 +1,76 @@
+"""End-to-end training throughput against the step alone, per input placement.
+
+For each throughput config (bench_dina_mlp, bench_cnn) and each input set-up (the host
+pipeline; the split resident on the devices; resident with 8 steps per call), runs
+`jaxvna.commands.bench.run`, whose JSON holds, measured in alternating rounds in one
+process: the step alone on synthetic inputs (samples_per_s), the configured input alone
+(input_samples_per_s), the trainer's own loop `train.run_calls` (train_samples_per_s) and
+the step alone on one real batch (real_step_samples_per_s), with
+train_vs_step = train / real step.
+
+  python benchmarks/training_throughput.py --out benchmarks/results/training_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SETUPS = {"host": {"data.placement": "host", "train.steps_per_call": 1},
+          "device": {"data.placement": "device", "train.steps_per_call": 1},
+          "device_k8": {"data.placement": "device", "train.steps_per_call": 8}}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--configs", default="bench_dina_mlp,bench_cnn")
+  parser.add_argument("--setups", default=",".join(SETUPS))
+  parser.add_argument("--out", default=None, help="write the JSON result here")
+  args = parser.parse_args(argv)
+
+  import importlib
+
+  import jax
+  from jaxvna.commands import bench
+
+  runs = []
+  for name in args.configs.split(","):
+    module = importlib.import_module(f"jaxvna.configs.{name}")
+    for setup in args.setups.split(","):
+      config = module.get_config()
+      for key, value in SETUPS[setup].items():
+        section, field = key.split(".")
+        config[section][field] = value
+      start = time.perf_counter()
+      out = bench.run(config)
+      runs.append({"config": name, "setup": setup, **SETUPS[setup],
+                   "wall_s": time.perf_counter() - start, "result": out})
+  import flax
+  import optax
+  result = {
+      "benchmark": "training_throughput",
+      "command": "python benchmarks/training_throughput.py " + " ".join(argv or sys.argv[1:]),
+      "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
+      "platform": platform.platform(), "device_kind": jax.devices()[0].device_kind,
+      "device_count": jax.device_count(), "host_cpus": os.cpu_count(),
+      "load_average_1min": os.getloadavg()[0], "runs": runs,
+  }
+  if args.out:
+    from jaxvna import files
+    files.write_json(pathlib.Path(args.out), result, indent=2)
+  print(json.dumps({r["config"] + ":" + r["setup"]: {
+      k: round(r["result"][k], 2) for k in ("samples_per_s", "input_samples_per_s",
+                                            "train_samples_per_s", "real_step_samples_per_s",
+                                            "train_vs_step")} for r in runs}, indent=1))
+
+
+if __name__ == "__main__":
+  main()
