@@ -38,6 +38,7 @@ def get_config(arg: str = "vna"):
   # (device when the split takes at most device_memory_mb on each device).
   c.data.placement = "host"
   c.data.device_memory_mb = 1024.0
+  c.data.read_threads = 2  # the host pipeline's grain read threads (batches read ahead: 4)
 
   # The towers (every field and its default: configs/common.py).
   c.model = common.model(image_tower=common.image_tower("cnn", hidden=(256,)),

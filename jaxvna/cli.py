@@ -141,7 +141,21 @@ def _define_flags(command: str):
                     "Multi-process on a cluster JAX detects (Cloud TPU, SLURM, Open MPI).")
   flags.DEFINE_integer("local_device_count", None,
                        "CPU devices per process (to try sharded runs on one machine).")
+  flags.DEFINE_string("compilation_cache", default_compilation_cache(),
+                      "Folder of JAX's persistent compilation cache, so that a second run of "
+                      "a config skips compiling; '' turns it off (default: "
+                      "$JAXVNA_COMPILATION_CACHE, else the user cache folder).")
   return flags.FLAGS
+
+
+def default_compilation_cache() -> str:
+  """$JAXVNA_COMPILATION_CACHE if set (may be '' for none), else
+  $XDG_CACHE_HOME/jaxvna/xla (~/.cache/jaxvna/xla)."""
+  import os
+  if "JAXVNA_COMPILATION_CACHE" in os.environ:
+    return os.environ["JAXVNA_COMPILATION_CACHE"]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "jaxvna", "xla")
 
 
 def _main(command: str, flags_values) -> int:
@@ -161,6 +175,9 @@ def _main(command: str, flags_values) -> int:
     raise SystemExit(f"jaxvna {command}: --config is required")
   from jaxvna.training import preflight
   preflight.check_config(config)  # before any data is read or anything compiled
+  if flags_values.compilation_cache:
+    import jax
+    jax.config.update("jax_compilation_cache_dir", flags_values.compilation_cache)
   distributed.initialize(settings)
   if COMMANDS[command].holds_workdir:
     from jaxvna.training import workdir_lock

@@ -7,6 +7,8 @@ import pathlib
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Command-line runs in tests compile afresh (no user-wide cache); test_cli checks the cache.
+os.environ.setdefault("JAXVNA_COMPILATION_CACHE", "")
 
 import pytest  # noqa: E402
 

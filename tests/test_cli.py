@@ -1,5 +1,7 @@
 """The `jaxvna` command line: dispatch, the data summary, clear errors."""
 
+import json
+import os
 import subprocess
 import sys
 
@@ -7,9 +9,10 @@ from jaxvna import cli
 from jaxvna.configs import vna_cowley_v4, vna_sim
 
 
-def _run(*args, timeout=300):
+def _run(*args, timeout=300, env=None):
   return subprocess.run([sys.executable, "-m", "jaxvna.cli", *args], capture_output=True,
-                        text=True, timeout=timeout)
+                        text=True, timeout=timeout,
+                        env=None if env is None else dict(os.environ, **env))
 
 
 def test_usage_and_unknown_command(capsys):
@@ -86,3 +89,19 @@ def test_data_prepare_writes_a_tfds_copy_and_summarises_it(tmp_path):
   assert "prepared simulator at" in out.stdout
   assert list(tmp_path.glob("jaxvna_simulator/*/*/jaxvna_metadata.json"))
   assert "subject2             200" in out.stdout
+
+
+def test_a_second_run_of_a_config_reuses_the_compilation_cache(tmp_path):
+  cache = tmp_path / "cache"
+  env = {"JAXVNA_COMPILATION_CACHE": str(cache)}
+  args = ("train", "--config=" + vna_sim.__file__ + ":tiny", "--config.train.steps=20",
+          "--config.eval.n_ways=(2,)")
+  first = _run(*args, f"--workdir={tmp_path / 'a'}", env=env)
+  assert first.returncode == 0, first.stderr[-2000:]
+  entries = sorted(p.name for p in cache.iterdir())
+  assert entries  # compiled programs were stored
+  second = _run(*args, f"--workdir={tmp_path / 'b'}", env=env)
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert sorted(p.name for p in cache.iterdir()) == entries  # nothing new to compile
+  summary = lambda d: json.loads((tmp_path / d / "summary.json").read_text())
+  assert summary("a")["params_digest"] == summary("b")["params_digest"]

@@ -155,6 +155,34 @@ class DatasetSource:
   def __getitems__(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
     return [self[i] for i in indices]
 
+  def take(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+    """The records of `indices` stacked (leading axis len(indices)), gathered with one
+    fancy index per recording rather than one call per record."""
+    indices = np.asarray(indices, np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+      raise IndexError(f"records {indices} out of range for {len(self)} records")
+    subjects, image_index = self.subjects[indices], self._image_indices[indices]
+    n = len(indices)
+    out = {"image": np.empty((n, *self.image_shape), np.uint8),
+           "responses": np.full((n, *self.record_shape), np.nan, np.float32),
+           "subject": subjects.astype(np.int32),
+           "stimulus_id": np.empty(n, np.int64),
+           "num_neurons": np.asarray(self.neuron_counts, np.int32)[subjects]}
+    recordings = self.dataset.recordings
+    with_features = recordings[0].image_features is not None
+    if with_features:
+      out["image_features"] = np.empty((n, recordings[0].image_features.shape[1]), np.float32)
+    for s in np.unique(subjects):
+      rows = np.flatnonzero(subjects == s)
+      rec, idx = recordings[s], image_index[rows]
+      out["image"][rows] = rec.images[idx]
+      r, k = rec.responses.shape[1:]
+      out["responses"][rows, :r, :k] = rec.responses[idx]
+      out["stimulus_id"][rows] = rec.stimulus_ids[idx]
+      if with_features:
+        out["image_features"][rows] = rec.image_features[idx]
+    return out
+
   def __repr__(self):
     return f"DatasetSource({self.dataset.name!r}, {self.split!r}, {len(self)} records)"
 
@@ -170,7 +198,7 @@ def example_rng(seed: int, position: int) -> np.random.Generator:
 
 def to_example(record: Mapping[str, np.ndarray], response_mode: str,
                rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-  """One training example from a record.
+  """One training example from a record: `to_examples` of a batch of one.
 
   Args:
     record: a record (see the module docstring).
@@ -182,25 +210,49 @@ def to_example(record: Mapping[str, np.ndarray], response_mode: str,
     {"image" (H,W,C) uint8, "response" (K_max,) float32 zero-padded, "neuron_mask"
     (K_max,) bool, "subject" () int32, "stimulus_id" () int64}.
   """
-  responses = np.asarray(record["responses"], np.float32)
-  k_max = responses.shape[1]
-  mask = np.arange(k_max) < int(record["num_neurons"])
+  records = {k: np.asarray(v)[None] for k, v in record.items()}
+  return {k: v[0] for k, v in to_examples(records, response_mode, [rng]).items()}
+
+
+def to_examples(records: Mapping[str, np.ndarray], response_mode: str,
+                rngs: Sequence[np.random.Generator | None]) -> dict[str, np.ndarray]:
+  """Training examples from stacked records, vectorised over the batch.
+
+  Args:
+    records: records stacked along a leading axis of n (see the module docstring).
+    response_mode: "trial" picks one recorded repeat of each example uniformly at random
+      with its generator in `rngs`; "mean" averages the recorded repeats.
+    rngs: n generators for "trial" (`example_rng` of each stream position).
+
+  Returns:
+    {"image" (n,H,W,C) uint8, "response" (n,K_max) float32 zero-padded, "neuron_mask"
+    (n,K_max) bool, "subject" (n,) int32, "stimulus_id" (n,) int64[, "image_features"]}.
+  """
+  responses = np.asarray(records["responses"], np.float32)
+  n, _, k_max = responses.shape
+  mask = np.arange(k_max)[None, :] < np.asarray(records["num_neurons"])[:, None]
   # Neuron 0 always exists, so its NaNs mark the repeats that were not recorded.
-  recorded = np.flatnonzero(~np.isnan(responses[:, 0]))
+  recorded = ~np.isnan(responses[:, :, 0])
+  counts = recorded.sum(axis=1)
   if response_mode == "trial":
-    response = responses[recorded[rng.integers(len(recorded))]]
+    picks = np.array([rng.integers(c) for rng, c in zip(rngs, counts)], np.int64)
+    repeat = np.argsort(~recorded, axis=1, kind="stable")[np.arange(n), picks]
+    response = responses[np.arange(n), repeat]
   elif response_mode == "mean":
-    response = responses[recorded].mean(axis=0)
+    # The sum runs over the repeats in order, unrecorded ones adding 0: the mean of the
+    # recorded rows, to the bit.
+    response = (np.where(recorded[:, :, None], responses, np.float32(0)).sum(axis=1)
+                / counts[:, None].astype(np.float32))
   else:
     raise ValueError(f"response_mode: expected one of {RESPONSE_MODES}, got {response_mode!r}")
-  example = {"image": np.asarray(record["image"], np.uint8),
-             "response": np.where(mask, response, 0.0).astype(np.float32),
-             "neuron_mask": mask,
-             "subject": np.int32(record["subject"]),
-             "stimulus_id": np.int64(record["stimulus_id"])}
-  if "image_features" in record:
-    example["image_features"] = np.asarray(record["image_features"], np.float32)
-  return example
+  examples = {"image": np.asarray(records["image"], np.uint8),
+              "response": np.where(mask, response, 0.0).astype(np.float32),
+              "neuron_mask": mask,
+              "subject": np.asarray(records["subject"], np.int32),
+              "stimulus_id": np.asarray(records["stimulus_id"], np.int64)}
+  if "image_features" in records:
+    examples["image_features"] = np.asarray(records["image_features"], np.float32)
+  return examples
 
 
 # ----------------------------------------------------------------------------
@@ -278,9 +330,13 @@ def _stack(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
-def _read(source, indices: list[int]) -> list[dict[str, np.ndarray]]:
+def _read(source, indices: list[int]) -> dict[str, np.ndarray]:
+  """The records of `indices`, stacked: `source.take` when it has one, else one read per
+  record (`__getitems__` or indexing)."""
+  if hasattr(source, "take"):
+    return source.take(indices)
   getitems = getattr(source, "__getitems__", None)
-  return list(getitems(indices)) if getitems else [source[i] for i in indices]
+  return _stack(list(getitems(indices)) if getitems else [source[i] for i in indices])
 
 
 def make_local_batches(source: ExampleSource, *, global_batch_size: int, rows: slice,
@@ -313,7 +369,7 @@ def make_local_batches(source: ExampleSource, *, global_batch_size: int, rows: s
     positions = batch_index * global_batch_size + offsets
     records = _read(source, [stream[int(p)] for p in positions])
     rngs = [example_rng(seed, int(p)) if response_mode == "trial" else None for p in positions]
-    return _stack([to_example(r, response_mode, g) for r, g in zip(records, rngs)])
+    return to_examples(records, response_mode, rngs)
 
   return grain.MapDataset.range(num_batches).map(load)
 
@@ -450,4 +506,5 @@ def eval_arrays(dataset: Dataset, split: str) -> list[EvalArrays]:
 __all__ = ["DatasetSource", "EvalArrays", "RECORD_DTYPES", "RESPONSE_MODES",
            "SUBJECT_WEIGHTINGS", "TrainIterator", "as_record", "eval_arrays", "example_rng",
            "make_local_batches", "make_record", "make_train_iterator", "process_rows",
-           "record_shape", "record_stream", "sharding_rows", "split_order", "to_example"]
+           "record_shape", "record_stream", "sharding_rows", "split_order", "to_example",
+           "to_examples"]

@@ -4,6 +4,10 @@ Every module is pure functional: the trainer calls `model.init` / `model.apply`.
 images (B, H, W, C) uint8 or float, responses (B, K_max) float zero-padded, subject (B,)
 int32, embeddings (B, D) float32 (not normalised; `l2_normalize` does that).
 
+Kernel forms. Both forms below are XLA:CPU's; on GPU and TPU (`kernel_form`) the plain
+`dot_general` and `conv_general_dilated` are traced instead, with the same parameters, so
+checkpoints move between backends.
+
 Why the convolution is written by hand: on XLA:CPU, `lax.conv_general_dilated` (and above
 all its backward pass) is several times slower than a matmul of the same FLOPs. `conv2d`
 instead gathers the k*k shifted (strided) views of the padded input into one
@@ -32,6 +36,7 @@ no tower of its kind has, is a ConfigError naming it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, Sequence
@@ -129,12 +134,41 @@ def _matmul_bwd(residuals, g):
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+# Which form of the dense and convolution kernels to trace: "cpu" (the patch matmul and
+# row-major weight gradient that XLA:CPU runs fastest), "xla" (plain `dot_general` and
+# `conv_general_dilated`, which GPU and TPU compilers map to their own kernels), or None:
+# "cpu" on the CPU backend, "xla" elsewhere. Values, gradients and parameters agree.
+KERNEL_FORMS = ("cpu", "xla")
+_kernel_form: list[str | None] = [None]
+
+
+def kernel_form() -> str:
+  """The form traced now: the one set by `use_kernel_form`, else by backend."""
+  if _kernel_form[0] is not None:
+    return _kernel_form[0]
+  return "cpu" if jax.default_backend() == "cpu" else "xla"
+
+
+@contextlib.contextmanager
+def use_kernel_form(form: str | None):
+  """Traces `linear` and `conv2d` in `form` ("cpu" | "xla" | None: by backend) inside."""
+  if form not in (*KERNEL_FORMS, None):
+    raise ValueError(f"kernel form: unknown {form!r}; expected one of {KERNEL_FORMS}")
+  previous, _kernel_form[0] = _kernel_form[0], form
+  try:
+    yield
+  finally:
+    _kernel_form[0] = previous
+
+
 def linear(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """x (..., K) @ kernel (K, N) -> (..., N), differentiated in fast matmul layouts.
 
-  Values and gradients equal those of `x @ kernel`; the weight gradient is computed as
-  (row-major copy of x^T) @ g (see the module docstring for why).
+  Values and gradients equal those of `x @ kernel`; in the "cpu" form the weight gradient
+  is computed as (row-major copy of x^T) @ g (see the module docstring for why).
   """
+  if kernel_form() == "xla":
+    return x @ kernel
   lead = x.shape[:-1]
   y = _matmul(x.reshape(-1, x.shape[-1]), kernel)
   return y.reshape(*lead, kernel.shape[-1])
@@ -165,7 +199,8 @@ def extract_patches(x: jax.Array, kernel_size: int | Sequence[int],
 
 def conv2d(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int] = 1,
            padding: Sequence[tuple[int, int]] | None = None) -> jax.Array:
-  """2-D convolution (cross-correlation) as im2col + one matmul, NHWC / HWIO.
+  """2-D convolution (cross-correlation), NHWC / HWIO: im2col + one matmul in the "cpu"
+  kernel form, `lax.conv_general_dilated` in the "xla" form.
 
   Equals lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=
   ("NHWC", "HWIO", "NHWC")) up to float rounding, values and gradients.
@@ -183,6 +218,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int] = 1,
   if x.shape[-1] != c:
     raise ValueError(f"conv2d: input has {x.shape[-1]} channels, kernel expects {c}")
   padding = same_padding((kh, kw)) if padding is None else padding
+  if kernel_form() == "xla":
+    return lax.conv_general_dilated(x, kernel, _pair(strides), tuple(padding),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
   patches = extract_patches(x, (kh, kw), strides, padding)
   return linear(patches, kernel.reshape(kh * kw * c, o))
 

@@ -163,7 +163,7 @@ def make_input(config, dataset: Dataset, mesh):
                                   subset_seed=config.seed)
   return HostInput(pipeline.make_train_iterator(
       source, global_batch_size=config.train.batch_size, mesh=mesh, seed=config.seed,
-      response_mode=config.data.response_mode))
+      response_mode=config.data.response_mode, num_threads=config.data.read_threads))
 
 
 class HostInput:

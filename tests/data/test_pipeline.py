@@ -91,6 +91,25 @@ def test_trial_mode_draws_only_recorded_repeats_and_all_of_them(dataset):
 # Iterator: determinism, state, sharding
 # ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("response_mode", pipeline.RESPONSE_MODES)
+def test_vectorised_batches_equal_the_examples_of_each_record(dataset, response_mode):
+  """`DatasetSource.take` + `to_examples` (one gather per recording) give, to the bit, the
+  per-record records and examples."""
+  source = pipeline.DatasetSource(dataset, "train")
+  indices = np.random.default_rng(0).permutation(len(source))[:25]
+  records = source.take(indices)
+  for row, i in enumerate(indices):
+    for k, v in source[int(i)].items():
+      np.testing.assert_array_equal(records[k][row], v, err_msg=k)
+  rngs = [pipeline.example_rng(4, p) for p in range(25)]
+  batch = pipeline.to_examples(records, response_mode, rngs)
+  for row, i in enumerate(indices):
+    single = pipeline.to_example(source[int(i)], response_mode, pipeline.example_rng(4, row))
+    for k, v in single.items():
+      assert batch[k][row].dtype == v.dtype
+      np.testing.assert_array_equal(batch[k][row], v, err_msg=k)
+
+
 def test_batches_have_the_documented_layout_and_consistent_content(dataset, mesh):
   source = pipeline.DatasetSource(dataset, "train")
   batch = next(pipeline.make_train_iterator(source, global_batch_size=16, mesh=mesh, seed=3))

@@ -412,3 +412,31 @@ def test_every_configured_field_comes_from_the_config():
   assert isinstance(tower, T.MLPTower) and tower.activation == "gelu" and tower.hidden == ()
   with pytest.raises(ValueError, match="unknown field"):
     common.image_tower("mlp", channels=(4,))
+
+
+# ----------------------------------------------------------------------------- kernel forms
+
+def test_kernel_forms_agree_in_values_gradients_and_parameters():
+  """The CPU forms (patch matmul, row-major weight gradient) and the plain XLA forms that
+  GPU and TPU get: same values and gradients, the same parameter tree."""
+  assert T.kernel_form() == "cpu"  # these tests run on the CPU backend
+  model = T.dual_encoder(_model_config("cnn"), COUNTS, (16, 16, 1))
+  images = _images(4, 16, 16, 1)
+  r = jnp.asarray(np.random.default_rng(5).normal(size=(4, 8)), jnp.float32)
+  s = jnp.asarray([0, 1, 2, 0], jnp.int32)
+  out = {}
+  for form in T.KERNEL_FORMS:
+    with T.use_kernel_form(form):
+      variables = _init(model, images, r, s)
+      loss = lambda p: jnp.sum(model.apply({"params": p}, images, r, s, train=False)[0] ** 2)
+      out[form] = (variables, jax.jit(jax.value_and_grad(loss))(variables["params"]))
+  (v_cpu, (l_cpu, g_cpu)), (v_xla, (l_xla, g_xla)) = out["cpu"], out["xla"]
+  assert jax.tree.structure(v_cpu) == jax.tree.structure(v_xla)
+  for a, b in zip(jax.tree.leaves(v_cpu), jax.tree.leaves(v_xla)):
+    np.testing.assert_array_equal(a, b)  # same initial parameters
+  np.testing.assert_allclose(l_cpu, l_xla, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_cpu), jax.tree.leaves(g_xla)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="kernel form"):
+    with T.use_kernel_form("gpu"):
+      pass
