@@ -2,6 +2,7 @@
 over loopback) reproduces 1 process x 4 devices, through a checkpoint that both processes
 save and restore together; and the settings that launch such runs are checked."""
 
+import functools
 import json
 import os
 import pathlib
@@ -27,8 +28,9 @@ OVERRIDES = {
 LAUNCH_TIMEOUT_S = 300
 
 
-def _flags(steps):
-  return ["--config=" + vna_sim.__file__ + ":vna,tiny", f"--config.train.steps={steps}"] + [
+def _flags(steps, placement="host"):
+  return ["--config=" + vna_sim.__file__ + ":vna,tiny", f"--config.train.steps={steps}",
+          f"--config.data.placement={placement}"] + [
       f"--config.{key}={value}" for key, value in OVERRIDES.items()]
 
 
@@ -53,10 +55,10 @@ def _env():
 
 
 def _launch(workdir: pathlib.Path, steps: int, *, processes: int, devices: int,
-            logs: pathlib.Path) -> None:
+            logs: pathlib.Path, placement: str = "host") -> None:
   """Runs `jaxvna train` as `processes` processes of `devices` CPU devices each."""
   command = [sys.executable, "-m", "jaxvna.cli", "train", f"--workdir={workdir}",
-             f"--local_device_count={devices}", *_flags(steps)]
+             f"--local_device_count={devices}", *_flags(steps, placement)]
   if processes > 1:
     command += [f"--coordinator_address=127.0.0.1:{_free_port()}",
                 f"--num_processes={processes}"]
@@ -96,13 +98,17 @@ def _final_params(workdir):
   return jax.tree.map(np.asarray, state.params)
 
 
-def test_multihost_two_processes_match_one_process_through_a_resume(tmp_path):
-  """2 x 2 devices, stopped at step 10 and resumed to 20 == 1 x 4 devices for 20 steps."""
+@pytest.mark.parametrize("placement", ["host", "device"])
+def test_multihost_two_processes_match_one_process_through_a_resume(tmp_path, placement):
+  """2 x 2 devices, stopped at step 10 and resumed to 20 == 1 x 4 devices for 20 steps,
+  with the host pipeline (each process reads its rows) or device-resident input (each
+  process holds the split; the batch is drawn from the seed and the step)."""
   logs = tmp_path / "logs"
   single, multi = tmp_path / "single", tmp_path / "multi"
-  _launch(single, STEPS, processes=1, devices=4, logs=logs)
-  _launch(multi, STEPS // 2, processes=2, devices=2, logs=logs)
-  _launch(multi, STEPS, processes=2, devices=2, logs=logs)  # restores step 10 collectively
+  launch = functools.partial(_launch, logs=logs, placement=placement)
+  launch(single, STEPS, processes=1, devices=4)
+  launch(multi, STEPS // 2, processes=2, devices=2)
+  launch(multi, STEPS, processes=2, devices=2)  # restores step 10 collectively
 
   # Process 0 alone logs: every step once, across both launches.
   rows_single, rows_multi = _metrics(single), _metrics(multi)
