@@ -18,9 +18,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvna import losses, registry
+from jaxvna import registry
 from jaxvna.errors import ConfigError
 from jaxvna.evaluation import discriminative
+from jaxvna.methods import vna
 from jaxvna.models import inputs, towers
 
 
@@ -80,20 +81,9 @@ def init_args(config, dataset, aux=None) -> tuple:
   return inputs.example_inputs(config, dataset)
 
 
-def objective(config, model, mesh, aux=None):
-  """CLIP's symmetric InfoNCE of the two linear embeddings, negatives across devices."""
-  del aux
-
-  def gabor_lit(params, batch, rng, step=None):
-    img, neu, temperature, _ = model.apply(
-        {"params": params}, batch["image"], batch["response"], batch["subject"], train=True,
-        rngs={"dropout": rng})
-    loss = losses.clip_loss(img, neu, temperature, mesh=mesh, impl=config.loss.impl)
-    return loss, {"loss": loss, "temperature": temperature}
-  return gabor_lit
-
-
 METHODS = {"gabor_lit": registry.Method(
-    name="gabor_lit", build_model=build_model, init_args=init_args, objective=objective,
+    # VNA's objective (config.loss: CLIP's InfoNCE, negatives across devices): the model
+    # is a DualEncoder like VNA's, only its towers differ.
+    name="gabor_lit", build_model=build_model, init_args=init_args, objective=vna.objective,
     represent=discriminative.embedding_represent, in_demo=True, title="Gabor-LiT",
     example_config="configs/vna_sim.py:gabor_lit")}
