@@ -178,6 +178,9 @@ def _main(command: str, flags_values) -> int:
   if flags_values.compilation_cache:
     import jax
     jax.config.update("jax_compilation_cache_dir", flags_values.compilation_cache)
+    # Every program, not only those that took over a second: what is cached must not
+    # depend on how busy the machine was while compiling.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   distributed.initialize(settings)
   if COMMANDS[command].holds_workdir:
     from jaxvna.training import workdir_lock
