@@ -33,12 +33,14 @@ def get_config(arg: str = "vna"):
   c.data.response_mode = "trial"  # train on single trials (mean: trial averages)
   # Train on a nested fraction of each subject's training images (data-size studies).
   c.data.train_fraction = 1.0
-  # Where batches are assembled: "host" (the grain pipeline), "device" (the training split
-  # placed on the devices once, each step's batch drawn inside the step), or "auto"
-  # (device when the split takes at most device_memory_mb on each device).
-  c.data.placement = "host"
+  # Where batches are assembled: "device" (the training split placed on the devices once,
+  # each step's batch drawn inside the step), "host" (the grain pipeline), or "auto"
+  # (device when the split takes at most device_memory_mb on each device). Both draw the
+  # same batches, so the choice changes speed only.
+  c.data.placement = "auto"
   c.data.device_memory_mb = 1024.0
   c.data.read_threads = 2  # the host pipeline's grain read threads (batches read ahead: 4)
+  c.data.worker_processes = 0  # grain worker processes of the host pipeline (0: threads only)
 
   # The towers (every field and its default: configs/common.py).
   c.model = common.model(image_tower=common.image_tower("cnn", hidden=(256,)),

@@ -127,8 +127,12 @@ def test_a_second_run_on_a_live_workdir_is_refused_and_harms_nothing(tmp_path, s
   workdir = tmp_path / "run"
   first = _start(workdir)
   assert _wait_for(lambda: bool(_steps_saved(workdir)), first)
-  second = _start(workdir)
-  code, _, err = _finish(second, timeout=120)
+  first.send_signal(signal.SIGSTOP)  # alive, mid-run, however fast the rest would go
+  try:
+    second = _start(workdir)
+    code, _, err = _finish(second, timeout=120)
+  finally:
+    first.send_signal(signal.SIGCONT)
   assert code == 2
   lines = err.strip().splitlines()
   assert len(lines) == 1 and "Traceback" not in err, err

@@ -15,7 +15,8 @@ reads the same records from a prepared ArrayRecord copy (`tfds_builders.prepare`
 
 Batches. `make_train_iterator` draws records, turns each into a training example (one
 random recorded repeat, or the mean over repeats) and yields global batches as jax Arrays
-split over the mesh axis "data":
+split over the mesh axis "data"; grain's threads assemble them ahead of the step, one
+vectorised gather per batch:
 
   "image"        (B, H, W, C) uint8
   "response"     (B, K_max) float32, zero beyond each example's neurons
@@ -23,22 +24,27 @@ split over the mesh axis "data":
   "subject"      (B,) int32
   "stimulus_id"  (B,) int64 (int32 unless jax_enable_x64 is on)
 
-Order and randomness depend only on the seed and the position of an example in the
-global stream, never on the number of processes, threads or devices.
+Which record and repeat each position of the global stream holds is `jaxvna.data.stream`:
+counter-based functions of the seed and the position, never of the number of processes,
+threads or devices, and the same that device-resident input (`resident.draw`) computes
+inside the step, so both inputs give the same batches.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import sys
 from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from jaxvna.data import stream
 from jaxvna.data.dataset import Dataset, DataError, split_index
 
 RESPONSE_MODES = ("trial", "mean")
 SUBJECT_WEIGHTINGS = ("size", "equal")
-MAX_SEED = 2**32  # grain's shuffle takes 32-bit seeds
+MAX_SEED = 2**32  # the stream hashes 32-bit words
 
 
 # ----------------------------------------------------------------------------
@@ -191,38 +197,42 @@ class DatasetSource:
 # Per-example transforms
 # ----------------------------------------------------------------------------
 
-def example_rng(seed: int, position: int) -> np.random.Generator:
-  """The generator for the example at `position` of the global stream of run `seed`."""
-  return np.random.default_rng([seed, position])
-
-
 def to_example(record: Mapping[str, np.ndarray], response_mode: str,
-               rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+               pick: int | None = None) -> dict[str, np.ndarray]:
   """One training example from a record: `to_examples` of a batch of one.
 
   Args:
     record: a record (see the module docstring).
-    response_mode: "trial" picks one recorded repeat uniformly at random with `rng`;
-      "mean" averages the recorded repeats.
-    rng: needed for "trial".
+    response_mode: "trial" takes recorded repeat number `pick` (0 is the first recorded
+      one); "mean" averages the recorded repeats.
+    pick: needed for "trial".
 
   Returns:
     {"image" (H,W,C) uint8, "response" (K_max,) float32 zero-padded, "neuron_mask"
     (K_max,) bool, "subject" () int32, "stimulus_id" () int64}.
   """
   records = {k: np.asarray(v)[None] for k, v in record.items()}
-  return {k: v[0] for k, v in to_examples(records, response_mode, [rng]).items()}
+  picks = None if pick is None else np.asarray([pick])
+  return {k: v[0] for k, v in to_examples(records, response_mode, picks).items()}
+
+
+def recorded_repeats(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(order, counts) of NaN-padded responses (n, R, K): each record's recorded repeats
+  first, in stored order, and how many there are. Neuron 0 always exists, so its NaNs
+  mark the repeats that were not recorded."""
+  recorded = ~np.isnan(responses[:, :, 0])
+  return np.argsort(~recorded, axis=1, kind="stable"), recorded.sum(axis=1)
 
 
 def to_examples(records: Mapping[str, np.ndarray], response_mode: str,
-                rngs: Sequence[np.random.Generator | None]) -> dict[str, np.ndarray]:
+                picks: np.ndarray | None = None) -> dict[str, np.ndarray]:
   """Training examples from stacked records, vectorised over the batch.
 
   Args:
     records: records stacked along a leading axis of n (see the module docstring).
-    response_mode: "trial" picks one recorded repeat of each example uniformly at random
-      with its generator in `rngs`; "mean" averages the recorded repeats.
-    rngs: n generators for "trial" (`example_rng` of each stream position).
+    response_mode: "trial" takes recorded repeat `picks[i]` of example i (`stream.
+      repeat_pick`); "mean" averages the recorded repeats.
+    picks: (n,) integers in [0, recorded repeats of each example), for "trial".
 
   Returns:
     {"image" (n,H,W,C) uint8, "response" (n,K_max) float32 zero-padded, "neuron_mask"
@@ -231,16 +241,17 @@ def to_examples(records: Mapping[str, np.ndarray], response_mode: str,
   responses = np.asarray(records["responses"], np.float32)
   n, _, k_max = responses.shape
   mask = np.arange(k_max)[None, :] < np.asarray(records["num_neurons"])[:, None]
-  # Neuron 0 always exists, so its NaNs mark the repeats that were not recorded.
-  recorded = ~np.isnan(responses[:, :, 0])
-  counts = recorded.sum(axis=1)
+  order, counts = recorded_repeats(responses)
   if response_mode == "trial":
-    picks = np.array([rng.integers(c) for rng, c in zip(rngs, counts)], np.int64)
-    repeat = np.argsort(~recorded, axis=1, kind="stable")[np.arange(n), picks]
-    response = responses[np.arange(n), repeat]
+    picks = np.asarray(picks, np.int64)
+    if picks.shape != (n,) or (picks < 0).any() or (picks >= counts).any():
+      raise ValueError(f"picks: expected ({n},) integers below each example's recorded "
+                       f"repeats {counts.tolist()}, got {picks.tolist()}")
+    response = responses[np.arange(n), order[np.arange(n), picks]]
   elif response_mode == "mean":
     # The sum runs over the repeats in order, unrecorded ones adding 0: the mean of the
     # recorded rows, to the bit.
+    recorded = ~np.isnan(responses[:, :, 0])
     response = (np.where(recorded[:, :, None], responses, np.float32(0)).sum(axis=1)
                 / counts[:, None].astype(np.float32))
   else:
@@ -255,50 +266,18 @@ def to_examples(records: Mapping[str, np.ndarray], response_mode: str,
   return examples
 
 
-# ----------------------------------------------------------------------------
-# The global stream of record indices
-# ----------------------------------------------------------------------------
-
-def _check_seed(seed: int) -> int:
+def check_seed(seed: int) -> int:
+  """`seed` as an int, checked to lie in [0, 2**32) (the stream hashes 32-bit words)."""
   if not 0 <= int(seed) < MAX_SEED:
     raise ValueError(f"seed: expected an integer in [0, 2**32), got {seed}")
   return int(seed)
 
 
-def record_stream(source: ExampleSource, *, seed: int, subject_weighting: str = "size",
-                  num_epochs: int | None = None):
-  """The record index drawn at each position of the global stream.
-
-  "size": every record once per epoch in a fresh shuffled order (subjects are drawn in
-  proportion to their number of records). "equal": `grain.MapDataset.mix` of one
-  endlessly reshuffled stream per subject with equal weights, so every subject supplies
-  the same share of each batch, small subjects repeating more often; an "epoch" is then
-  `len(source)` draws.
-
-  Returns:
-    a `grain.MapDataset` of int record indices, infinite when `num_epochs` is None.
-  """
-  import grain
-  seed = _check_seed(seed)
-  n = len(source)
-  if num_epochs is not None and num_epochs < 1:
-    raise ValueError(f"num_epochs: expected None or >= 1, got {num_epochs}")
-  if subject_weighting == "size":
-    return grain.MapDataset.range(n).shuffle(seed=seed).repeat(num_epochs)
-  if subject_weighting != "equal":
-    raise ValueError(f"subject_weighting: expected one of {SUBJECT_WEIGHTINGS}, "
-                     f"got {subject_weighting!r}")
-  parts = []
-  for s in range(len(source.neuron_counts)):
-    members = np.flatnonzero(source.subjects == s)
-    if not len(members):
-      continue  # a subject without records in this split cannot be drawn
-    # Distinct shuffles per subject; the offset keeps them apart from other seeds' streams.
-    sub_seed = (seed + 7919 * (s + 1)) % MAX_SEED
-    parts.append(grain.MapDataset.range(len(members)).shuffle(seed=sub_seed).repeat()
-                 .map(lambda j, members=members: int(members[j])))
-  mixed = grain.MapDataset.mix(parts, weights=[1.0] * len(parts))
-  return mixed if num_epochs is None else mixed[:num_epochs * n]
+def subject_members(subjects: np.ndarray) -> list[np.ndarray]:
+  """The record indices of each subject that has records, in subject order (the subjects
+  that "equal" weighting cycles over)."""
+  return [m for s in range(int(subjects.max()) + 1)
+          if len(m := np.flatnonzero(subjects == s))]
 
 
 # ----------------------------------------------------------------------------
@@ -355,21 +334,31 @@ def make_local_batches(source: ExampleSource, *, global_batch_size: int, rows: s
   import grain
   if response_mode not in RESPONSE_MODES:
     raise ValueError(f"response_mode: expected one of {RESPONSE_MODES}, got {response_mode!r}")
+  if subject_weighting not in SUBJECT_WEIGHTINGS:
+    raise ValueError(f"subject_weighting: expected one of {SUBJECT_WEIGHTINGS}, "
+                     f"got {subject_weighting!r}")
   if global_batch_size < 1:
     raise ValueError(f"global_batch_size: expected >= 1, got {global_batch_size}")
-  seed = _check_seed(seed)
-  stream = record_stream(source, seed=seed, subject_weighting=subject_weighting,
-                         num_epochs=num_epochs)
-  num_batches = len(stream) // global_batch_size
+  if num_epochs is not None and num_epochs < 1:
+    raise ValueError(f"num_epochs: expected None or >= 1, got {num_epochs}")
+  seed = check_seed(seed)
+  n = len(source)
+  members = subject_members(np.asarray(source.subjects)) if subject_weighting == "equal" else None
+  num_batches = (sys.maxsize // global_batch_size if num_epochs is None
+                 else num_epochs * n // global_batch_size)
   if num_batches == 0:
-    raise ValueError(f"{len(stream)} examples do not fill one batch of {global_batch_size}")
-  offsets = np.arange(rows.start, rows.stop)
+    raise ValueError(f"{num_epochs * n} examples do not fill one batch of {global_batch_size}")
+  rows_of_batch = np.arange(rows.start, rows.stop)
 
   def load(batch_index: int) -> dict[str, np.ndarray]:
-    positions = batch_index * global_batch_size + offsets
-    records = _read(source, [stream[int(p)] for p in positions])
-    rngs = [example_rng(seed, int(p)) if response_mode == "trial" else None for p in positions]
-    return to_examples(records, response_mode, rngs)
+    positions = np.int64(batch_index) * global_batch_size + rows_of_batch
+    records = _read(source, stream.records(positions, seed=seed, weighting=subject_weighting,
+                                           num_records=n, members=members))
+    picks = None
+    if response_mode == "trial":
+      _, counts = recorded_repeats(records["responses"])
+      picks = stream.repeat_pick(seed, stream.as_uint32(batch_index), rows_of_batch, counts)
+    return to_examples(records, response_mode, picks)
 
   return grain.MapDataset.range(num_batches).map(load)
 
@@ -381,26 +370,58 @@ def make_local_batches(source: ExampleSource, *, global_batch_size: int, rows: s
 class TrainIterator:
   """Yields global batches (dicts of jax Arrays sharded along "data"); resumable.
 
-  `get_state()` returns a JSON-serialisable dict; `set_state(state)` on an iterator built
-  with the same arguments continues with exactly the batches that would have followed.
+  grain assembles the process-local batches ahead of the step (threads, and optionally
+  worker processes); the next `device_prefetch` batches are already sent to the devices
+  when one is handed out, so their transfer overlaps the step. `get_state()` returns a
+  JSON-serialisable dict; `set_state(state)` on an iterator built with the same arguments
+  continues with exactly the batches that would have followed.
   """
 
   def __init__(self, local_batches, *, sharding, global_batch_size: int,
-               fingerprint: Mapping[str, Any], num_threads: int, prefetch_batches: int):
+               fingerprint: Mapping[str, Any], num_threads: int, prefetch_batches: int,
+               worker_processes: int = 0, device_prefetch: int = 2):
     import grain
+    self._local = local_batches
     self._sharding = sharding
     self._global_batch_size = global_batch_size
     self._fingerprint = dict(fingerprint)
-    self._num_batches = len(local_batches)
-    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
-    self._iterator = iter(local_batches.to_iter_dataset(options))
+    self._options = grain.ReadOptions(num_threads=num_threads,
+                                      prefetch_buffer_size=prefetch_batches)
+    self._worker_processes = worker_processes
+    self._device_prefetch = device_prefetch
+    self._start(0)
+
+  def _start(self, first_batch: int) -> None:
+    """(Re)starts reading at global batch `first_batch`."""
+    import grain
+    dataset = self._local[first_batch:].to_iter_dataset(self._options)
+    if self._worker_processes:
+      from absl import flags
+      if not flags.FLAGS.is_parsed():  # grain's workers read its flags; none were given
+        flags.FLAGS.mark_as_parsed()
+      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=self._worker_processes))
+    self.close()
+    self._iterator = iter(dataset)
+    self._next_batch = first_batch
+    self._on_devices = collections.deque()
 
   def __iter__(self) -> Iterator[dict[str, Any]]:
     return self
 
   def __next__(self) -> dict[str, Any]:
+    while len(self._on_devices) <= self._device_prefetch:
+      try:
+        self._on_devices.append(self._to_devices(next(self._iterator)))
+      except StopIteration:
+        break
+    if not self._on_devices:
+      raise StopIteration
+    self._next_batch += 1
+    return self._on_devices.popleft()
+
+  def _to_devices(self, local: dict[str, np.ndarray]) -> dict[str, Any]:
     import jax
-    local = next(self._iterator)
     if not jax.config.jax_enable_x64:
       local["stimulus_id"] = _as_int32(local["stimulus_id"])
     return {k: jax.make_array_from_process_local_data(
@@ -408,17 +429,29 @@ class TrainIterator:
 
   def __len__(self) -> int:
     """Number of global batches (sys.maxsize // B for an endless stream)."""
-    return self._num_batches
+    return len(self._local)
 
   def get_state(self) -> dict[str, Any]:
-    return {"next_batch": int(self._iterator.get_state()["next_index"]), **self._fingerprint}
+    return {"next_batch": self._next_batch, **self._fingerprint}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
-    mismatched = {k: (state.get(k), v) for k, v in self._fingerprint.items() if state.get(k) != v}
-    if mismatched:
-      raise ValueError("input pipeline state was saved by a different pipeline "
-                       f"(saved, current): {mismatched}")
-    self._iterator.set_state({"next_index": int(state["next_batch"])})
+    check_fingerprint(state, self._fingerprint)
+    self._start(int(state["next_batch"]))
+
+  def close(self) -> None:
+    """Stops grain's worker processes, if any (also done when the iterator is collected)."""
+    close = getattr(getattr(self, "_iterator", None), "close", None)
+    if close is not None:
+      close()
+
+
+def check_fingerprint(state: Mapping[str, Any], fingerprint: Mapping[str, Any]) -> None:
+  """Raises ValueError unless a saved input state has every field of `fingerprint` (what
+  fixes the stream: seed, batch size, ...) at the same value."""
+  mismatched = {k: (state.get(k), v) for k, v in fingerprint.items() if state.get(k) != v}
+  if mismatched:
+    raise ValueError("input pipeline state was saved by a different pipeline "
+                     f"(saved, current): {mismatched}")
 
 
 def _as_int32(ids: np.ndarray) -> np.ndarray:
@@ -432,7 +465,8 @@ def _as_int32(ids: np.ndarray) -> np.ndarray:
 def make_train_iterator(source: ExampleSource, *, global_batch_size: int, mesh, seed: int,
                         response_mode: str = "trial", num_epochs: int | None = None,
                         subject_weighting: str = "size", num_threads: int = 2,
-                        prefetch_batches: int = 4) -> TrainIterator:
+                        prefetch_batches: int = 4, worker_processes: int = 0,
+                        device_prefetch: int = 2) -> TrainIterator:
   """The training input: shuffled, mixed-subject global batches sharded over "data".
 
   Args:
@@ -447,6 +481,9 @@ def make_train_iterator(source: ExampleSource, *, global_batch_size: int, mesh, 
     subject_weighting: "size" (each record once per epoch, so subjects in proportion to
       their records) or "equal" (each subject the same share of every batch).
     num_threads, prefetch_batches: grain read threads and the batches read ahead.
+    worker_processes: grain worker processes assembling batches (0: none, the threads
+      of this process do).
+    device_prefetch: batches sent to the devices ahead of the one handed out.
 
   Returns:
     a `TrainIterator`.
@@ -466,7 +503,8 @@ def make_train_iterator(source: ExampleSource, *, global_batch_size: int, mesh, 
                  "num_epochs": num_epochs, "num_records": len(source)}
   return TrainIterator(local, sharding=sharding, global_batch_size=global_batch_size,
                        fingerprint=fingerprint, num_threads=num_threads,
-                       prefetch_batches=prefetch_batches)
+                       prefetch_batches=prefetch_batches, worker_processes=worker_processes,
+                       device_prefetch=device_prefetch)
 
 
 # ----------------------------------------------------------------------------
@@ -504,7 +542,7 @@ def eval_arrays(dataset: Dataset, split: str) -> list[EvalArrays]:
 
 
 __all__ = ["DatasetSource", "EvalArrays", "RECORD_DTYPES", "RESPONSE_MODES",
-           "SUBJECT_WEIGHTINGS", "TrainIterator", "as_record", "eval_arrays", "example_rng",
-           "make_local_batches", "make_record", "make_train_iterator", "process_rows",
-           "record_shape", "record_stream", "sharding_rows", "split_order", "to_example",
-           "to_examples"]
+           "SUBJECT_WEIGHTINGS", "TrainIterator", "as_record", "check_fingerprint",
+           "check_seed", "eval_arrays", "make_local_batches", "make_record",
+           "make_train_iterator", "process_rows", "record_shape", "recorded_repeats",
+           "sharding_rows", "split_order", "subject_members", "to_example", "to_examples"]

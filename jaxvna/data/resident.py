@@ -3,21 +3,15 @@ step.
 
 `place` puts one split's records on every device once (replicated); `draw` is a pure
 function, traced inside the jitted step, that builds the global batch of a step from
-`(seed, step)` alone, with the semantics of `pipeline.make_train_iterator`:
-
-  subject_weighting "size"   every record once per epoch, in a fresh shuffle per epoch
-                    "equal"  positions cycle over the subjects; each subject's records
-                             once per (subject) epoch, reshuffled every epoch
-  response_mode     "trial"  one recorded repeat, uniformly at random per example
-                    "mean"   the mean over recorded repeats
-  nested fractions           the same records as `pipeline.nested_subset`
-  batch keys                 image, response (zero beyond the subject's neurons),
-                             neuron_mask, subject, stimulus_id [, image_features]
+`(seed, step)` alone. It computes the stream of `jaxvna.data.stream` with jax.numpy, so its
+batches equal the host pipeline's (`pipeline.make_train_iterator`) to the bit: the same
+records (subject weighting "size" or "equal", nested training fractions), the same
+recorded repeat or repeat mean, the same masks; batch keys image, response (zero beyond
+the subject's neurons), neuron_mask, subject, stimulus_id [, image_features].
 
 The draws are computed for the global batch, so they do not depend on the number of
 devices or processes; the batch is then constrained to be split over the mesh's "data"
-axis. The shuffles are not grain's, so the examples differ from the host pipeline's (the
-distribution is the same). Resuming needs only the step.
+axis. Resuming needs only the step.
 
 Positions of the global stream (step * B + i) outgrow int32 in long runs, so the host
 splits each step's first position into small integers (`stream_offsets`) that the traced
@@ -30,7 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxvna.data import pipeline
+from jaxvna.data import pipeline, stream
 from jaxvna.data.dataset import DataError, Dataset
 
 
@@ -40,8 +34,9 @@ class Resident(NamedTuple):
   images (N, H, W, C) uint8; responses (N, R, K_max) float32 NaN-padded ("trial") or
   (N, 1, K_max) repeat means ("mean"); repeats (N, R) int32, the recorded repeats of each
   record first; num_repeats (N,) int32; subjects (N,) int32; stimulus_ids (N,) int32;
-  neuron_counts (S,) int32; members (S, M) int32, each subject's record indices padded
-  with 0; num_members (S,) int32; image_features (N, F) float32 or None.
+  neuron_counts (S,) int32; members (S', M) int32, the record indices of each of the S'
+  subjects that have records, padded with 0; num_members (S',) int32; image_features
+  (N, F) float32 or None.
   """
   images: Any
   responses: Any
@@ -61,53 +56,45 @@ def arrays(dataset: Dataset, split: str = "train", *, fraction: float = 1.0,
   if response_mode not in pipeline.RESPONSE_MODES:
     raise ValueError(f"response_mode: expected one of {pipeline.RESPONSE_MODES}, "
                      f"got {response_mode!r}")
-  subjects, image_index = pipeline.split_order(dataset, split)
-  if fraction != 1.0:
-    keep = pipeline.nested_subset(subjects, fraction, subset_seed)
-    subjects, image_index = subjects[keep], image_index[keep]
-  if not len(subjects):
-    raise DataError(f"dataset {dataset.name!r}: split {split!r} holds no images")
-  r_max, k_max = pipeline.record_shape(dataset)
-  n = len(subjects)
-  images = np.empty((n, *dataset.image_shape), np.uint8)
-  responses = np.full((n, r_max, k_max), np.nan, np.float32)
-  stimulus_ids = np.empty(n, np.int64)
-  with_features = all(r.image_features is not None for r in dataset.recordings)
-  features = None
-  for s, rec in enumerate(dataset.recordings):
-    rows = np.flatnonzero(subjects == s)
-    idx = image_index[rows]
-    images[rows] = rec.images[idx]
-    r, k = rec.responses.shape[1:]
-    responses[rows, :r, :k] = rec.responses[idx]
-    stimulus_ids[rows] = rec.stimulus_ids[idx]
-    if with_features:
-      if features is None:
-        features = np.empty((n, rec.image_features.shape[1]), np.float32)
-      features[rows] = rec.image_features[idx]
-  # Neuron 0 always exists, so its NaNs mark the repeats that were not recorded.
-  recorded = ~np.isnan(responses[:, :, 0])
-  num_repeats = recorded.sum(1).astype(np.int32)
+  source = pipeline.DatasetSource(dataset, split, fraction=fraction, subset_seed=subset_seed)
+  records = source.take(np.arange(len(source)))
+  responses = records["responses"]
+  repeats, num_repeats = pipeline.recorded_repeats(responses)
   if (num_repeats == 0).any():
     raise DataError(f"dataset {dataset.name!r}: a record of split {split!r} has no recorded "
                     "repeat")
-  repeats = np.argsort(~recorded, axis=1, kind="stable").astype(np.int32)
-  if response_mode == "mean":
-    responses = (np.nansum(responses, axis=1, keepdims=True)
-                 / num_repeats[:, None, None]).astype(np.float32)
+  if response_mode == "mean":  # the host pipeline's mean examples, to the bit
+    responses = pipeline.to_examples(records, "mean")["response"][:, None]
+  stimulus_ids = records["stimulus_id"]
   info = np.iinfo(np.int32)
   if stimulus_ids.min() < info.min or stimulus_ids.max() > info.max:
     raise DataError(f"stimulus_id: values up to {stimulus_ids.max()} do not fit int32")
-  num_subjects = len(dataset.recordings)
-  counts = np.bincount(subjects, minlength=num_subjects).astype(np.int32)
-  members = np.zeros((num_subjects, max(1, counts.max())), np.int32)
-  for s in range(num_subjects):
-    members[s, :counts[s]] = np.flatnonzero(subjects == s)
-  return Resident(images=images, responses=responses, repeats=repeats,
-                  num_repeats=num_repeats, subjects=subjects.astype(np.int32),
-                  stimulus_ids=stimulus_ids.astype(np.int32),
+  members = pipeline.subject_members(source.subjects)
+  table = np.zeros((len(members), max(len(m) for m in members)), np.int32)
+  for s, m in enumerate(members):
+    table[s, :len(m)] = m
+  return Resident(images=records["image"], responses=responses.astype(np.float32),
+                  repeats=repeats.astype(np.int32), num_repeats=num_repeats.astype(np.int32),
+                  subjects=records["subject"], stimulus_ids=stimulus_ids.astype(np.int32),
                   neuron_counts=np.asarray(dataset.neuron_counts, np.int32),
-                  members=members, num_members=counts, image_features=features)
+                  members=table, num_members=np.asarray([len(m) for m in members], np.int32),
+                  image_features=records.get("image_features"))
+
+
+def expected_nbytes(dataset: Dataset, split: str = "train", *, fraction: float = 1.0,
+                    response_mode: str = "trial") -> int:
+  """About what `nbytes(arrays(...))` will be, from the shapes alone (nothing is gathered),
+  to decide a placement before building the arrays: exact for the per-record arrays, the
+  small per-subject index tables counted as 4 bytes a record."""
+  per_subject = [len(r.indices(split)) for r in dataset.recordings]
+  n = sum(max(1, round(fraction * c)) if c and fraction != 1.0 else c for c in per_subject)
+  r_max, k_max = pipeline.record_shape(dataset)
+  features = dataset.recordings[0].image_features
+  per_record = (int(np.prod(dataset.image_shape))  # uint8 images
+                + 4 * k_max * (r_max if response_mode == "trial" else 1)
+                + 4 * r_max + 4 * 4  # repeats; num_repeats, subjects, stimulus ids, members
+                + (0 if features is None else 4 * features.shape[1]))
+  return n * per_record
 
 
 def nbytes(data: Resident) -> int:
@@ -124,51 +111,27 @@ def place(data: Resident, mesh) -> Resident:
       x.shape, replicated, lambda index, x=x: x[index]) for x in data))
 
 
-def stream_offsets(step: int, batch_size: int, data: Resident, weighting: str) -> np.ndarray:
-  """Small integers locating the first stream position of `step` (host side, exact).
+def stream_offsets(step: int, batch_size: int, num_members, weighting: str) -> np.ndarray:
+  """Small integers locating the first stream position of `step` (host side, exact), for
+  a split whose subjects have `num_members` records each (`Resident.num_members`).
 
   "size": [epoch, offset] with step * B = epoch * N + offset.
   "equal": [slot, e_0, o_0, e_1, o_1, ...]: position step * B is the `slot`-th of its
-  round over the S subjects, and its round q = step * B // S is epoch e_s, offset o_s of
-  subject s's records.
+  round over the S subjects that have records, and its round q = step * B // S is epoch
+  e_s, offset o_s of subject s's records.
   Epochs only seed shuffles, so they are kept modulo 2**32 (uint32 like every entry).
   """
   first = int(step) * int(batch_size)
   wrap = lambda epoch, offset: [epoch % 2**32, offset]
+  counts = np.asarray(num_members)
   if weighting == "size":
-    n = len(data.subjects)
-    if batch_size > n:
-      raise ValueError(f"a batch of {batch_size} exceeds the {n} training records (a batch "
-                       "spans at most two epochs)")
-    return np.asarray(wrap(*divmod(first, n)), np.uint32)
+    return np.asarray(wrap(*divmod(first, int(counts.sum()))), np.uint32)
   if weighting != "equal":
     raise ValueError(f"subject_weighting: expected one of {pipeline.SUBJECT_WEIGHTINGS}, "
                      f"got {weighting!r}")
-  present = np.asarray(data.num_members)
-  if (present == 0).any():
-    raise ValueError(f"subject_weighting='equal': subjects {np.flatnonzero(present == 0)} "
-                     "have no training records")
-  subjects = len(present)
-  if present.min() < -(-batch_size // subjects):
-    raise ValueError(f"subject_weighting='equal' on the device: every subject needs at least "
-                     f"B/S = {-(-batch_size // subjects)} training records (a batch spans at "
-                     f"most two of a subject's epochs); the smallest has {present.min()}")
-  slot, q = first % subjects, first // subjects
-  out = [slot]
-  for count in present:
-    out += wrap(*divmod(q, int(count)))
-  return np.asarray(out, np.uint32)
-
-
-def _permutation(key, epoch, size: int, valid=None):
-  """A permutation of range(valid) (valid <= size) in its first `valid` entries, fixed by
-  (key, epoch)."""
-  import jax
-  import jax.numpy as jnp
-  u = jax.random.uniform(jax.random.fold_in(key, epoch), (size,))
-  if valid is not None:
-    u = u + (jnp.arange(size) >= valid) * 2.0
-  return jnp.argsort(u)
+  slot, q = first % len(counts), first // len(counts)
+  return np.asarray([slot] + [v for count in counts for v in wrap(*divmod(q, int(count)))],
+                    np.uint32)
 
 
 def draw(data: Resident, offsets, step, *, seed: int, batch_size: int,
@@ -180,41 +143,31 @@ def draw(data: Resident, offsets, step, *, seed: int, batch_size: int,
   """
   import jax
   import jax.numpy as jnp
-  b = batch_size
   offsets = jnp.asarray(offsets, jnp.uint32)
-  key = jax.random.key(seed)
-  order_key, repeat_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+  row = jnp.arange(batch_size, dtype=jnp.uint32)
   if weighting == "size":
     n = data.subjects.shape[0]
-    epoch, offset = offsets[0], offsets[1].astype(jnp.int32)
-    pos = offset + jnp.arange(b)  # < 2N: a batch spans at most two epochs (B <= N)
-    first, second = (_permutation(order_key, epoch + e, n) for e in (0, 1))
-    index = jnp.where(pos < n, first[pos % n], second[pos % n])
+    position = offsets[1] + row  # offsets and batches are far below 2**31
+    epoch = offsets[0] + position // n
+    index = stream.permute(position % n, n, stream.order_key(seed, 0, epoch, xp=jnp), xp=jnp)
   else:
-    num_subjects, m = data.members.shape
-    t = offsets[0].astype(jnp.int32) + jnp.arange(b)
-    subject = t % num_subjects
-    dq = t // num_subjects
-    index = jnp.zeros((b,), jnp.int32)
-    for s in range(num_subjects):
-      e0, o0 = offsets[1 + 2 * s], offsets[2 + 2 * s].astype(jnp.int32)
-      count = data.num_members[s]
-      j = o0 + dq
-      safe = jnp.maximum(count, 1)
-      perms = [_permutation(jax.random.fold_in(order_key, s + 1), e0 + e, m, count)
-               for e in (0, 1)]
-      local = jnp.where(j < safe, perms[0][j % safe], perms[1][j % safe])
-      index = jnp.where(subject == s, data.members[s, local], index)
+    num_subjects = data.num_members.shape[0]
+    turn = offsets[0] + row
+    slot = turn % num_subjects
+    count = data.num_members[slot].astype(jnp.uint32)
+    draws = offsets[2 + 2 * slot] + turn // num_subjects
+    epoch = offsets[1 + 2 * slot] + draws // count
+    local = stream.permute(draws % count, count,
+                           stream.order_key(seed, slot + 1, epoch, xp=jnp), xp=jnp)
+    index = data.members[slot, local.astype(jnp.int32)]
+  index = index.astype(jnp.int32)
   subjects = data.subjects[index]
   if response_mode == "trial":
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(repeat_key, step), i))(
-        jnp.arange(b))
-    u = jax.vmap(lambda k: jax.random.uniform(k))(keys)
-    pick = jnp.minimum((u * data.num_repeats[index]).astype(jnp.int32),
-                       data.num_repeats[index] - 1)
-    repeat = data.repeats[index, pick]
+    step = jnp.asarray(step).astype(jnp.uint32)
+    pick = stream.repeat_pick(seed, step, row, data.num_repeats[index], xp=jnp)
+    repeat = data.repeats[index, pick.astype(jnp.int32)]
   else:
-    repeat = jnp.zeros((b,), jnp.int32)
+    repeat = jnp.zeros((batch_size,), jnp.int32)
   k_max = data.responses.shape[2]
   mask = jnp.arange(k_max)[None, :] < data.neuron_counts[subjects][:, None]
   batch = {"image": data.images[index],

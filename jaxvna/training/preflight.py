@@ -66,6 +66,7 @@ RULES: tuple[tuple[str, tuple[Callable[[Any], bool], str]], ...] = (
     ("*.batch_size", _int_at_least(1)),
     ("*.steps_per_call", _int_at_least(1)),
     ("*.read_threads", _int_at_least(0)),
+    ("*.worker_processes", _int_at_least(0)),
     ("*_mb", _POSITIVE),
     ("*_every", _int_at_least(1)),
     ("*.keep_checkpoints", _int_at_least(1)),

@@ -33,8 +33,11 @@ from jaxvna.evaluation import discriminative
 from jaxvna.training import checkpoint, distributed, preflight, workdir_lock
 
 # Fields that may change between a run and its resumption (more steps, other evals).
+# What a resumed run may change: how long it runs, how often it logs and saves, how its
+# input is computed (both placements draw the same batches), and its evaluations.
 RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every",
-                  "train.steps_per_call", "eval", "interpret")
+                  "train.steps_per_call", "data.placement", "data.device_memory_mb",
+                  "data.read_threads", "data.worker_processes", "eval", "interpret")
 
 
 # ----------------------------------------------------------------------------
@@ -153,17 +156,18 @@ def make_input(config, dataset: Dataset, mesh):
   if placement not in PLACEMENTS:
     raise errors.ConfigError(f"config.data.placement: unknown {placement!r}; expected one "
                              f"of {PLACEMENTS}")
-  if placement != "host":
-    arrays = resident.arrays(dataset, "train", fraction=config.data.train_fraction,
-                             subset_seed=config.seed, response_mode=config.data.response_mode)
-    size_mb = resident.nbytes(arrays) / 2**20
-    if placement == "device" or size_mb <= config.data.device_memory_mb:
-      return DeviceInput(config, arrays, mesh)
+  size_mb = resident.expected_nbytes(dataset, "train", fraction=config.data.train_fraction,
+                                     response_mode=config.data.response_mode) / 2**20
+  if placement == "device" or (placement == "auto" and size_mb <= config.data.device_memory_mb):
+    return DeviceInput(config, resident.arrays(
+        dataset, "train", fraction=config.data.train_fraction, subset_seed=config.seed,
+        response_mode=config.data.response_mode), mesh)
   source = pipeline.DatasetSource(dataset, "train", fraction=config.data.train_fraction,
                                   subset_seed=config.seed)
   return HostInput(pipeline.make_train_iterator(
       source, global_batch_size=config.train.batch_size, mesh=mesh, seed=config.seed,
-      response_mode=config.data.response_mode, num_threads=config.data.read_threads))
+      response_mode=config.data.response_mode, num_threads=config.data.read_threads,
+      worker_processes=config.data.worker_processes))
 
 
 class HostInput:
@@ -179,46 +183,48 @@ class HostInput:
     return tuple(next(self._batches) for _ in range(n))
 
   def get_state(self) -> dict:
-    return {"placement": "host", **self._batches.get_state()}
+    return self._batches.get_state()
 
-  def set_state(self, state) -> None:
-    if state.get("placement", "host") != "host":
-      raise ValueError(f"the checkpoint's input state was saved by the {state['placement']} "
-                       "input, not the host pipeline")
-    self._batches.set_state({k: v for k, v in state.items() if k != "placement"})
+  def set_state(self, state: dict, step: int) -> None:
+    self._batches.set_state({**state, "next_batch": step})
+
+  def close(self) -> None:
+    self._batches.close()
 
 
 class DeviceInput:
   """The training split resident on the devices (`jaxvna.data.resident`): a call of the
-  step gets only the small integers that locate its steps' batches in the stream."""
+  step gets only the small integers that locate its steps' batches in the stream. Its
+  batches are the host pipeline's, so either input resumes the other's checkpoints."""
 
   def __init__(self, config, arrays: resident.Resident, mesh):
     self.data = resident.place(arrays, mesh)
-    self._host = arrays
+    self._num_members = np.asarray(arrays.num_members)
     self._batch_size = config.train.batch_size
     self.draw = functools.partial(
         resident.draw, seed=config.seed, batch_size=self._batch_size,
         response_mode=config.data.response_mode, weighting="size",
         sharding=NamedSharding(mesh, P("data")))
-    self._fingerprint = {"placement": "device", "seed": int(config.seed),
-                         "global_batch_size": int(self._batch_size),
+    # The fields of the host pipeline's state that fix the stream.
+    self._fingerprint = {"seed": int(config.seed), "global_batch_size": int(self._batch_size),
                          "response_mode": config.data.response_mode,
+                         "subject_weighting": "size", "num_epochs": None,
                          "num_records": len(arrays.subjects)}
 
   def call_inputs(self, first_step: int, n: int) -> np.ndarray:
     """(n, 2) uint32 stream offsets of steps first_step .. first_step + n - 1."""
-    return np.stack([resident.stream_offsets(first_step + k, self._batch_size, self._host,
-                                             "size") for k in range(n)])
+    return np.stack([resident.stream_offsets(first_step + k, self._batch_size,
+                                             self._num_members, "size") for k in range(n)])
 
   def get_state(self) -> dict:
     return dict(self._fingerprint)
 
-  def set_state(self, state) -> None:
-    mismatched = {k: (state.get(k), v) for k, v in self._fingerprint.items()
-                  if state.get(k) != v}
-    if mismatched:
-      raise ValueError("the checkpoint's input state was saved by another input "
-                       f"(saved, current): {mismatched}")
+  def set_state(self, state: dict, step: int) -> None:
+    del step  # a step's batch depends on nothing else
+    pipeline.check_fingerprint(state, self._fingerprint)
+
+  def close(self) -> None:
+    pass  # the resident arrays go with the object
 
 
 # ----------------------------------------------------------------------------
@@ -381,7 +387,7 @@ def _train(config, workdir: pathlib.Path, *, dataset: Dataset | None, force: boo
   restored = ckpt.restore(abstract_state(initial_state, replicated))
   if restored is not None:
     step, state, meta = restored
-    batches.set_state(meta["input_state"])
+    batches.set_state(meta["input_state"], step)
     logging.info("resumed from step %d", step)
   else:
     state = initial_state()
@@ -410,6 +416,7 @@ def _train(config, workdir: pathlib.Path, *, dataset: Dataset | None, force: boo
 
       state = run_calls(config, call_fn, state, batches, start, total, after_call)
   finally:
+    batches.close()
     ckpt.close()  # waits for a save in flight, also when the run stops with an error
     if log is not None:
       log.close()

@@ -13,7 +13,7 @@ def test_bench_reports_throughput_and_fraction_of_peak(capsys):
   assert out["samples_per_s"] > 0 and out["gflops"] > 0 and out["peak_gflops"] > 0
   assert 0 < out["fraction_of_peak"] < 2
   # The trainer's loop and its input on the config's real data (vna_sim's tiny simulator).
-  assert out["placement"] == "HostInput" and out["steps_per_call"] == 1
+  assert out["placement"] == "DeviceInput" and out["steps_per_call"] == 1  # "auto": it fits
   assert out["input_samples_per_s"] > 0 and out["train_samples_per_s"] > 0
   assert out["real_step_samples_per_s"] > 0 and out["train_vs_step"] > 0
   # The whole step's FLOPs over all 8 devices, not one device's share: at least forward +

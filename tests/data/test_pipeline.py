@@ -70,19 +70,15 @@ def test_mean_mode_averages_recorded_repeats_and_masks_padding(dataset):
   assert (example["response"][4:] == 0).all()
 
 
-def test_trial_mode_draws_only_recorded_repeats_and_all_of_them(dataset):
+def test_trial_mode_takes_the_picked_recorded_repeat(dataset):
   source = pipeline.DatasetSource(dataset, "train")
   record = source[0]  # image 0 of recording "a": repeats 0 and 1 recorded, 2 is NaN
-  drawn = set()
-  for position in range(60):
-    example = pipeline.to_example(record, "trial", pipeline.example_rng(0, position))
-    matches = [r for r in range(3)
-               if np.array_equal(example["response"][:4], record["responses"][r, :4])]
-    assert len(matches) == 1 and not np.isnan(example["response"]).any()
-    drawn.add(matches[0])
-  assert drawn == {0, 1}
-  draw = lambda: pipeline.to_example(record, "trial", pipeline.example_rng(0, 7))["response"]
-  np.testing.assert_array_equal(draw(), draw())  # the same (seed, position), the same repeat
+  for pick, repeat in ((0, 0), (1, 1)):  # picks count recorded repeats only
+    example = pipeline.to_example(record, "trial", pick)
+    np.testing.assert_array_equal(example["response"][:4], record["responses"][repeat, :4])
+    assert not np.isnan(example["response"]).any()
+  with pytest.raises(ValueError, match="picks"):
+    pipeline.to_example(record, "trial", 2)  # the unrecorded third repeat
   with pytest.raises(ValueError, match="response_mode"):
     pipeline.to_example(record, "median")
 
@@ -101,10 +97,11 @@ def test_vectorised_batches_equal_the_examples_of_each_record(dataset, response_
   for row, i in enumerate(indices):
     for k, v in source[int(i)].items():
       np.testing.assert_array_equal(records[k][row], v, err_msg=k)
-  rngs = [pipeline.example_rng(4, p) for p in range(25)]
-  batch = pipeline.to_examples(records, response_mode, rngs)
+  _, counts = pipeline.recorded_repeats(records["responses"])
+  picks = np.arange(25) % counts
+  batch = pipeline.to_examples(records, response_mode, picks)
   for row, i in enumerate(indices):
-    single = pipeline.to_example(source[int(i)], response_mode, pipeline.example_rng(4, row))
+    single = pipeline.to_example(source[int(i)], response_mode, picks[row])
     for k, v in single.items():
       assert batch[k][row].dtype == v.dtype
       np.testing.assert_array_equal(batch[k][row], v, err_msg=k)
@@ -152,6 +149,27 @@ def test_restored_state_continues_with_the_same_batches(dataset, mesh):
   assert_batches_equal(expected, take(restored, 5))
   with pytest.raises(ValueError, match="different pipeline"):
     make(response_mode="mean").set_state(state)
+
+
+def test_worker_processes_give_the_same_batches_and_resume(dataset, mesh):
+  """grain worker processes assemble the batches of the threads, in order, and an
+  iterator with workers restored mid-stream continues exactly."""
+  source = pipeline.DatasetSource(dataset, "train")
+  make = lambda **kw: pipeline.make_train_iterator(source, global_batch_size=8, mesh=mesh,
+                                                   seed=5, **kw)
+  expected = take(make(), 9)
+  workers = make(worker_processes=2)
+  try:
+    assert_batches_equal(expected[:4], take(workers, 4))
+    state = json.loads(json.dumps(workers.get_state()))
+  finally:
+    workers.close()
+  restored = make(worker_processes=2)
+  try:
+    restored.set_state(state)
+    assert_batches_equal(expected[4:], take(restored, 5))
+  finally:
+    restored.close()
 
 
 def test_batches_are_sharded_over_data_and_equal_the_unsharded_batch(dataset, mesh):

@@ -1,6 +1,6 @@
-"""Device-resident input: the batches drawn inside the step have the host pipeline's
-semantics (epochs, subject weighting, repeats, masks, nested fractions) and depend only on
-the seed and the step."""
+"""Device-resident input: the batches drawn inside the step are the host pipeline's, to the
+bit (epochs, subject weighting, repeats, masks, nested fractions), and depend only on the
+seed and the step."""
 
 import functools
 
@@ -26,7 +26,7 @@ def draws(data, steps, *, batch_size, seed=0, response_mode="trial", weighting="
                                  sharding=sharding))
   out = []
   for step in range(first_step, first_step + steps):
-    offsets = resident.stream_offsets(step, batch_size, data, weighting)
+    offsets = resident.stream_offsets(step, batch_size, data.num_members, weighting)
     out.append(jax.tree.map(np.asarray, fn(data, offsets, step)))
   return out
 
@@ -133,15 +133,47 @@ def test_batches_depend_only_on_seed_and_step_not_on_devices(dataset):
   assert not np.array_equal(other_seed["stimulus_id"], one[0]["stimulus_id"])
 
 
+@pytest.mark.parametrize("response_mode,weighting,fraction", [
+    ("trial", "size", 1.0), ("mean", "size", 1.0), ("trial", "equal", 1.0),
+    ("trial", "size", 0.5), ("mean", "equal", 0.5)])
+def test_batches_equal_the_host_pipelines_to_the_bit(dataset, response_mode, weighting,
+                                                     fraction):
+  """Steps 0-9 and 1000-1002 (far into the stream), batches that span epochs (16 does not
+  divide 60 or 30): the same records, repeats and masks as the host pipeline's batches."""
+  data = resident.arrays(dataset, "train", fraction=fraction, subset_seed=3,
+                         response_mode=response_mode)
+  source = pipeline.DatasetSource(dataset, "train", fraction=fraction, subset_seed=3)
+  host = pipeline.make_local_batches(source, global_batch_size=16, rows=slice(0, 16), seed=9,
+                                     response_mode=response_mode, subject_weighting=weighting)
+  for first, count in ((0, 10), (1000, 3)):
+    device = draws(data, count, batch_size=16, seed=9, response_mode=response_mode,
+                   weighting=weighting, first_step=first)
+    for step, batch in enumerate(device, first):
+      expected = host[step]
+      assert sorted(batch) == sorted(expected)
+      for k, v in expected.items():
+        np.testing.assert_array_equal(batch[k], v.astype(batch[k].dtype), err_msg=(step, k))
+
+
+def test_expected_size_is_known_before_the_arrays_are_built(dataset):
+  for response_mode in pipeline.RESPONSE_MODES:
+    data = resident.arrays(dataset, "train", response_mode=response_mode)
+    expected = resident.expected_nbytes(dataset, "train", response_mode=response_mode)
+    # exact per record; the small per-subject tables within 4 bytes a record
+    assert abs(expected - resident.nbytes(data)) <= 4 * len(data.subjects) + 64
+  half = resident.expected_nbytes(dataset, "train", fraction=0.5)
+  assert half < resident.expected_nbytes(dataset, "train") * 0.55
+
+
 def test_stream_offsets_are_exact_far_beyond_int32():
   data = resident.arrays(make_dataset(), "train")
   step, b = 10**12, 12
   wrapped = lambda e, o: (e % 2**32, o)  # epochs only seed shuffles
-  np.testing.assert_array_equal(resident.stream_offsets(step, b, data, "size"),
+  np.testing.assert_array_equal(resident.stream_offsets(step, b, data.num_members, "size"),
                                 wrapped(*divmod(step * b, 60)))
-  equal = resident.stream_offsets(step, b, data, "equal")
+  equal = resident.stream_offsets(step, b, data.num_members, "equal")
   q = step * b // 3
   np.testing.assert_array_equal(equal, [step * b % 3, *wrapped(*divmod(q, 30)),
                                         *wrapped(*divmod(q, 12)), *wrapped(*divmod(q, 18))])
   with pytest.raises(ValueError, match="subject_weighting"):
-    resident.stream_offsets(0, b, data, "uniform")
+    resident.stream_offsets(0, b, data.num_members, "uniform")

@@ -150,24 +150,29 @@ def test_several_steps_per_call_give_the_parameters_of_single_steps(tmp_path, ti
   assert digests[1] == digests[8]
 
 
-def test_device_placement_draws_other_batches_and_auto_follows_the_budget(tmp_path,
-                                                                          tiny_dataset):
+def test_auto_placement_follows_the_budget_and_placements_resume_each_other(tmp_path,
+                                                                            tiny_dataset):
   config = tiny_config(steps=2)
   mesh = train.make_mesh()
-  assert isinstance(train.make_input(config, tiny_dataset, mesh), train.HostInput)
-  config.data.placement = "auto"
+  assert config.data.placement == "auto"
   assert isinstance(train.make_input(config, tiny_dataset, mesh), train.DeviceInput)
   config.data.device_memory_mb = 0.01
   assert isinstance(train.make_input(config, tiny_dataset, mesh), train.HostInput)
+  config.data.placement = "device"  # whatever the budget
+  assert isinstance(train.make_input(config, tiny_dataset, mesh), train.DeviceInput)
   config.data.placement = "gpu"
   with pytest.raises(ValueError, match="data.placement"):
     train.make_input(config, tiny_dataset, mesh)
-  # A host checkpoint does not resume with device input, nor the reverse.
-  config = tiny_config(steps=2)
-  train.train(config, tmp_path, dataset=tiny_dataset)
-  config.data.placement, config.train.steps = "device", 4
-  with pytest.raises(ValueError, match="data.placement"):
-    train.train(config, tmp_path, dataset=tiny_dataset)
+  # Both draw the same batches: host to 10 steps, device to 20, host to 30 equals host
+  # all the way.
+  config = tiny_config(steps=30)
+  config.optim.decay_steps = 30
+  train.train(config, tmp_path / "straight", dataset=tiny_dataset)
+  for placement, steps in (("host", 10), ("device", 20), ("host", 30)):
+    config.data.placement, config.train.steps = placement, steps
+    train.train(config, tmp_path / "switched", dataset=tiny_dataset)
+  digest = lambda d: json.loads((tmp_path / d / "summary.json").read_text())["params_digest"]
+  assert digest("switched") == digest("straight")
 
 
 def test_resume_on_another_device_count(tmp_path):
