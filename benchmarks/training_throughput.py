@@ -1,7 +1,8 @@
 """End-to-end training throughput against the step alone, per input placement.
 
 For each throughput config (bench_dina_mlp, bench_cnn) and each input set-up (the host
-pipeline; the split resident on the devices; resident with 8 steps per call), runs
+pipeline, with its threads or with 2 grain worker processes; the split resident on the
+devices; resident with 8 steps per call), runs
 `jaxvna.commands.bench.run`, whose JSON holds, measured in alternating rounds in one
 process: the step alone on synthetic inputs (samples_per_s), the configured input alone
 (input_samples_per_s), the trainer's own loop `train.run_calls` (train_samples_per_s) and
@@ -25,6 +26,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SETUPS = {"host": {"data.placement": "host", "train.steps_per_call": 1},
+          "host_2_workers": {"data.placement": "host", "data.worker_processes": 2,
+                             "train.steps_per_call": 1},
           "device": {"data.placement": "device", "train.steps_per_call": 1},
           "device_k8": {"data.placement": "device", "train.steps_per_call": 8}}
 
