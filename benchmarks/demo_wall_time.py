@@ -4,8 +4,10 @@ that do each part.
 
   git worktree add ../demo_before <commit>   # the code measured as "before"
   PYTHONPATH=../demo_before python benchmarks/demo_wall_time.py --label before
-  python benchmarks/demo_wall_time.py --label after --results results/demo.json
-  (this checkout; --results keeps the demo's results.json; --warm: a cached run)
+  python benchmarks/demo_wall_time.py --label after --results results/demo.json \
+      --plot docs/demo.png
+  (this checkout; --results and --plot keep the demo's results.json and demo.png; --warm:
+  a cached run)
 
 Phases (each one's time excludes the phases nested in it and the compiles that ran in it):
   data         train.load_dataset (the simulator)
@@ -106,9 +108,9 @@ def timed_phases(timer: PhaseTimer):
       setattr(owner, name, original)
 
 
-def run_demo(config_arg: str | None, keep_results: str | None = None) -> dict:
+def run_demo(config_arg: str | None, keep: dict | None = None) -> dict:
   """One `jaxvna demo` in a temporary workdir: {total_s, phases, compile_events, results};
-  its results.json copied to `keep_results` when given."""
+  the workdir's files named in `keep` ({name: destination}) copied out."""
   from jaxvna.commands import demo
   from jaxvna.configs import vna_sim
   config = vna_sim.get_config() if config_arg is None else vna_sim.get_config(config_arg)
@@ -118,8 +120,8 @@ def run_demo(config_arg: str | None, keep_results: str | None = None) -> dict:
     start = time.perf_counter()
     out = demo.run(config, workdir)
     total = time.perf_counter() - start
-    if keep_results:
-      shutil.copyfile(pathlib.Path(workdir) / "results.json", keep_results)
+    for name, destination in (keep or {}).items():
+      shutil.copyfile(pathlib.Path(workdir) / name, destination)
   phases = {p: timer.seconds[p] for p in ["data", "compile", *(p for p, *_ in PATCHES)]}
   phases["other"] = total - sum(phases.values())
   return {"total_s": total,
@@ -161,6 +163,8 @@ def main(argv=None):
   parser.add_argument("--compilation_cache", default="", help="cache folder ('' : none)")
   parser.add_argument("--results", default=None,
                       help="copy the demo's results.json here (e.g. results/demo.json)")
+  parser.add_argument("--plot", default=None,
+                      help="copy the demo's demo.png here (e.g. docs/demo.png)")
   parser.add_argument("--warm", action="store_true",
                       help="run twice on a fresh cache folder; report the second run")
   args = parser.parse_args(argv)
@@ -176,14 +180,18 @@ def main(argv=None):
 
   with tempfile.TemporaryDirectory() as cache:
     set_compilation_cache(cache if args.warm else args.compilation_cache)
-    run = run_demo(args.config_arg, None if args.warm else args.results)
+    keep = {name: path for name, path in (("results.json", args.results),
+                                           ("demo.png", args.plot)) if path}
+    run = run_demo(args.config_arg, None if args.warm else keep)
     if args.warm:
       jax.clear_caches()  # a new process would start with none
-      run = dict(run_demo(args.config_arg, args.results), cold_run_total_s=run["total_s"])
+      run = dict(run_demo(args.config_arg, keep), cold_run_total_s=run["total_s"])
 
+  python_path = ([f"PYTHONPATH={os.environ['PYTHONPATH']}"] if "PYTHONPATH" in os.environ
+                 else [])
   record = {
-      "command": " ".join([f"PYTHONPATH={os.environ['PYTHONPATH']}"] * ("PYTHONPATH" in os.environ)
-                          + ["python", "benchmarks/demo_wall_time.py", *(argv or sys.argv[1:])]),
+      "command": " ".join(python_path + ["python", "benchmarks/demo_wall_time.py",
+                                         *(argv or sys.argv[1:])]),
       "git": git_state(pathlib.Path(jaxvna.__file__).resolve().parents[1]),
       "config": "vna_sim.py" + (f":{args.config_arg}" if args.config_arg else ""),
       "compilation_cache": "warm (second run)" if args.warm else (args.compilation_cache or
