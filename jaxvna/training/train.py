@@ -430,29 +430,41 @@ def _train(config, workdir: pathlib.Path, *, dataset: Dataset | None, force: boo
   return model, params, dataset
 
 
+# Backends where the host waits for every call: back-to-back sharded calls on XLA:CPU can
+# stall in a collective (all_gather) unless what is in flight is bounded.
+SYNC_EVERY_CALL_BACKENDS = ("cpu",)
+
+
 def run_calls(config, call_fn, state, batches, start: int, stop: int, after_call=None):
   """The training loop proper: calls of `call_fn` from step `start` to `stop`.
 
   A call runs up to train.steps_per_call updates and ends at every log and checkpoint
-  step, so what is logged and saved does not depend on it. After each call,
-  `after_call(step, n, state, metrics, streak)` runs (logging, checkpoints, the
-  non-finite guard; `streak` is the call's longest run of skipped updates).
+  step, so what is logged and saved does not depend on it. The host waits for the devices
+  only at those steps and at `stop` (on the backends of SYNC_EVERY_CALL_BACKENDS after
+  every call as well); there `after_call(step, n, state, metrics, streak)` runs (logging,
+  checkpoints, the non-finite guard), with n the updates since it last ran and `streak`
+  the longest run of skipped updates among them.
 
   Returns the final state.
   """
-  step = start
+  every_call = jax.default_backend() in SYNC_EVERY_CALL_BACKENDS
+  step, since, worst = start, 0, None
   while step < stop:
     n = min(config.train.steps_per_call, stop - step,
             _until_multiple(step, config.train.log_every),
             _until_multiple(step, config.train.checkpoint_every))
     state, metrics = call_fn(state, batches.data, batches.call_inputs(step, n))
-    step += n
-    # Reading the streak waits for the call: one host sync per call, not per update (it
-    # also bounds what is in flight, which back-to-back sharded steps on CPU need against
-    # a collective stall).
-    streak = int(jax.device_get(metrics["nonfinite_streak"]))
-    if after_call is not None:
-      after_call(step, n, state, metrics, streak)
+    step, since = step + n, since + n
+    # The streak counts consecutive skipped updates across calls, so the maximum over the
+    # calls since the last wait misses none; it stays on the device until then.
+    streak = metrics["nonfinite_streak"]
+    worst = streak if worst is None else jnp.maximum(worst, streak)
+    if every_call or step == stop or step % config.train.log_every == 0 or (
+        step % config.train.checkpoint_every == 0):
+      longest = int(jax.device_get(worst))  # waits for the call
+      if after_call is not None:
+        after_call(step, since, state, metrics, longest)
+      since, worst = 0, None
   return state
 
 

@@ -298,6 +298,45 @@ def test_all_non_finite_data_stops_the_run_and_writes_no_non_finite_parameter(tm
     assert np.isfinite(np.asarray(leaf)).all()
 
 
+def test_waiting_only_at_log_and_checkpoint_steps_changes_nothing(tmp_path, tiny_dataset,
+                                                                  monkeypatch):
+  """The GPU/TPU loop waits for the devices only at log and checkpoint steps (the CPU loop
+  after every call). Run on one CPU device (no collective that could stall): the same
+  parameters and logs, and the non-finite guard still stops the run, at the next wait."""
+  waits = []
+  run_calls = train.run_calls
+
+  def counted(config, call_fn, state, batches, start, stop, after_call=None):
+    def after(step, n, *rest):
+      waits.append((step, n))
+      return after_call(step, n, *rest)
+    return run_calls(config, call_fn, state, batches, start, stop, after)
+
+  monkeypatch.setattr(train, "run_calls", counted)
+  config = tiny_config(steps=24)
+  train.train(config, tmp_path / "every_call", dataset=tiny_dataset)
+  assert waits == [(step, 1) for step in range(1, 25)]
+  waits.clear()
+  monkeypatch.setattr(train, "SYNC_EVERY_CALL_BACKENDS", ())
+  train.train(config, tmp_path / "at_boundaries", dataset=tiny_dataset)
+  assert waits == [(10, 10), (20, 10), (24, 4)]
+  read = lambda d, f: (tmp_path / d / f).read_text()
+  assert read("at_boundaries", "metrics.jsonl") == read("every_call", "metrics.jsonl")
+  digest = lambda d: json.loads(read(d, "summary.json"))["params_digest"]
+  assert digest("at_boundaries") == digest("every_call")
+
+  from jaxvna.data.dataset import Dataset
+  from jaxvna.errors import NonFiniteError
+  huge = Dataset(tiny_dataset.name, tuple(
+      dataclasses.replace(r, responses=np.full_like(r.responses, 3e38))
+      for r in tiny_dataset.recordings))
+  config.model.neural_tower.preprocess = "none"
+  config.optim.max_consecutive_nonfinite = 5
+  config.train.checkpoint_every = 2
+  with pytest.raises(NonFiniteError, match="training stopped at step 6: 6 steps in a row"):
+    train.train(config, tmp_path / "huge", dataset=huge)
+
+
 def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_dataset):
   config = tiny_config(steps=20)
   config.train.log_every = 5
