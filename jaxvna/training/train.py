@@ -32,7 +32,6 @@ from jaxvna.data import Dataset, pipeline, readers, resident
 from jaxvna.evaluation import discriminative
 from jaxvna.training import checkpoint, distributed, preflight, workdir_lock
 
-# Fields that may change between a run and its resumption (more steps, other evals).
 # What a resumed run may change: how long it runs, how often it logs and saves, how its
 # input is computed (both placements draw the same batches), and its evaluations.
 RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every",
@@ -431,7 +430,7 @@ def _train(config, workdir: pathlib.Path, *, dataset: Dataset | None, force: boo
 
 
 # Backends where the host waits for every call: back-to-back sharded calls on XLA:CPU can
-# stall in a collective (all_gather) unless what is in flight is bounded.
+# stall in a collective unless what is in flight is bounded (benchmarks/cpu_stall.py).
 SYNC_EVERY_CALL_BACKENDS = ("cpu",)
 
 
