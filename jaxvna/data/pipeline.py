@@ -273,11 +273,16 @@ def check_seed(seed: int) -> int:
   return int(seed)
 
 
-def subject_members(subjects: np.ndarray) -> list[np.ndarray]:
-  """The record indices of each subject that has records, in subject order (the subjects
-  that "equal" weighting cycles over)."""
-  return [m for s in range(int(subjects.max()) + 1)
-          if len(m := np.flatnonzero(subjects == s))]
+def subject_members(subjects: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(table, counts): the record indices of each subject that has records, in subject
+  order (the subjects that "equal" weighting cycles over), as an (S', M) int32 table
+  padded with 0, and their (S',) int32 counts."""
+  members = [m for s in range(int(subjects.max()) + 1)
+             if len(m := np.flatnonzero(subjects == s))]
+  table = np.zeros((len(members), max(len(m) for m in members)), np.int32)
+  for s, m in enumerate(members):
+    table[s, :len(m)] = m
+  return table, np.asarray([len(m) for m in members], np.int32)
 
 
 # ----------------------------------------------------------------------------
@@ -343,7 +348,8 @@ def make_local_batches(source: ExampleSource, *, global_batch_size: int, rows: s
     raise ValueError(f"num_epochs: expected None or >= 1, got {num_epochs}")
   seed = check_seed(seed)
   n = len(source)
-  members = subject_members(np.asarray(source.subjects)) if subject_weighting == "equal" else None
+  members, member_counts = (subject_members(np.asarray(source.subjects))
+                            if subject_weighting == "equal" else (None, None))
   num_batches = (sys.maxsize // global_batch_size if num_epochs is None
                  else num_epochs * n // global_batch_size)
   if num_batches == 0:
@@ -353,7 +359,8 @@ def make_local_batches(source: ExampleSource, *, global_batch_size: int, rows: s
   def load(batch_index: int) -> dict[str, np.ndarray]:
     positions = np.int64(batch_index) * global_batch_size + rows_of_batch
     records = _read(source, stream.records(positions, seed=seed, weighting=subject_weighting,
-                                           num_records=n, members=members))
+                                           num_records=n, members=members,
+                                           member_counts=member_counts))
     picks = None
     if response_mode == "trial":
       _, counts = recorded_repeats(records["responses"])

@@ -69,15 +69,12 @@ def arrays(dataset: Dataset, split: str = "train", *, fraction: float = 1.0,
   info = np.iinfo(np.int32)
   if stimulus_ids.min() < info.min or stimulus_ids.max() > info.max:
     raise DataError(f"stimulus_id: values up to {stimulus_ids.max()} do not fit int32")
-  members = pipeline.subject_members(source.subjects)
-  table = np.zeros((len(members), max(len(m) for m in members)), np.int32)
-  for s, m in enumerate(members):
-    table[s, :len(m)] = m
+  members, member_counts = pipeline.subject_members(source.subjects)
   return Resident(images=records["image"], responses=responses.astype(np.float32),
                   repeats=repeats.astype(np.int32), num_repeats=num_repeats.astype(np.int32),
                   subjects=records["subject"], stimulus_ids=stimulus_ids.astype(np.int32),
                   neuron_counts=np.asarray(dataset.neuron_counts, np.int32),
-                  members=table, num_members=np.asarray([len(m) for m in members], np.int32),
+                  members=members, num_members=member_counts,
                   image_features=records.get("image_features"))
 
 

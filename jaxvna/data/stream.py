@@ -107,7 +107,7 @@ def as_uint32(values) -> np.ndarray:
 
 
 def records(positions, *, seed: int, weighting: str, num_records: int,
-            members=None) -> np.ndarray:
+            members=None, member_counts=None) -> np.ndarray:
   """The record index at each of `positions` (int64, any size) of the stream, on the host.
 
   Args:
@@ -115,7 +115,9 @@ def records(positions, *, seed: int, weighting: str, num_records: int,
     seed: the run's seed, in [0, 2**32).
     weighting: "size" or "equal".
     num_records: N, the split's records.
-    members: for "equal", one array of record indices per subject that has records.
+    members, member_counts: for "equal", the record indices of each subject that has
+      records, as a padded (S', M) table, and their (S',) counts
+      (`pipeline.subject_members`).
 
   Returns:
     int64 record indices, shaped like `positions`.
@@ -126,11 +128,8 @@ def records(positions, *, seed: int, weighting: str, num_records: int,
     return permute(offset, num_records, order_key(seed, 0, as_uint32(epoch))).astype(np.int64)
   if weighting != "equal":
     raise ValueError(f"subject_weighting: expected 'size' or 'equal', got {weighting!r}")
-  counts = np.asarray([len(m) for m in members], np.int64)
-  draw, slot = np.divmod(positions, len(members))
+  counts = np.asarray(member_counts, np.int64)
+  draw, slot = np.divmod(positions, len(counts))
   epoch, offset = np.divmod(draw, counts[slot])
   local = permute(offset, counts[slot], order_key(seed, slot + 1, as_uint32(epoch)))
-  table = np.zeros((len(members), counts.max()), np.int64)
-  for s, m in enumerate(members):
-    table[s, :len(m)] = m
-  return table[slot, local.astype(np.int64)]
+  return np.asarray(members, np.int64)[slot, local.astype(np.int64)]

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvna.data import stream
+from jaxvna.data import pipeline, stream
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 16, 17, 60, 1000, 12345])
@@ -65,9 +65,10 @@ def test_size_records_visit_every_record_once_per_epoch_far_into_the_stream():
 
 
 def test_equal_records_cycle_over_subjects_each_reshuffled_per_epoch():
+  table, counts = pipeline.subject_members(np.repeat([0, 1, 2], [30, 12, 18]))
   members = [np.arange(0, 30), np.arange(30, 42), np.arange(42, 60)]
   index = stream.records(np.arange(360), seed=2, weighting="equal", num_records=60,
-                         members=members)
+                         members=table, member_counts=counts)
   owner = np.searchsorted([30, 42, 60], index, side="right")
   np.testing.assert_array_equal(owner, np.arange(360) % 3)
   second = index[owner == 1]  # subject 1's 12 records, each once per its epoch
