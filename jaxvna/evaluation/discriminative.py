@@ -148,8 +148,7 @@ def evaluate_gabor_ridge(config, dataset: Dataset) -> dict:
   per_subject = {}
   for rec in dataset.recordings:
     train, test = rec.indices("train"), rec.indices(config.eval.split)
-    model = gabor_ridge.GaborRidge().fit(rec.images[train], rec.responses[train],
-                                         seed=config.seed)
+    model = gabor_ridge.GaborRidge().fit(rec.images[train], rec.responses[train])
     held_out = rec.subset(test)
     trials, trial_images = identification.single_trial_queries(held_out.responses)
     rates = model.predict(held_out.images)

@@ -4,12 +4,13 @@
 Images become the energies of a Gabor wavelet pyramid (several spatial frequencies, 8
 orientations, positions tiling the image at each scale, quadrature pairs), compressed by
 log(1 + x); a ridge regression per neuron maps standardised features to responses, with the
-penalty chosen by k-fold cross-validation on the training images. Identification then
+penalty chosen by leave-one-out cross-validation on the training images. Identification then
 correlates predicted with measured population responses (`identify`).
 
 Numpy only: a circular complex Gabor is separable, so each scale of the pyramid is
 two BLAS matmuls (along columns, then rows, evaluated only at the grid positions); the
-ridge path for all penalties comes from one eigendecomposition of the smaller Gram matrix.
+ridge path for all penalties, and their leave-one-out errors, come from one
+eigendecomposition of the smaller Gram matrix.
 """
 
 from __future__ import annotations
@@ -309,31 +310,23 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return mean, np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
 
 
-def _pooled_correlation(sp, spp, spy, sy, syy, n) -> np.ndarray:
-  """Correlations from running sums (prediction p, target y); 0 where either is constant.
-  For `RidgeCV.fit`, whose out-of-fold predictions for every penalty are only ever held as
-  sums over folds; correlations of arrays are `correlation.paired`."""
-  cov = spy - sp * sy / n
-  var_p = spp - sp**2 / n
-  var_y = syy - sy**2 / n
-  denom = np.sqrt(np.clip(var_p, 0, None) * np.clip(var_y, 0, None))
-  return np.where(denom > 1e-12, cov / np.where(denom > 0, denom, 1.0), 0.0)
-
-
 class RidgeCV:
-  """Ridge regression from features to each neuron's response, penalty chosen by k-fold CV.
+  """Ridge regression from features to each neuron's response, penalty chosen by
+  leave-one-out cross-validation.
 
   Features are standardised with the training mean and standard deviation and responses
-  centred (an unpenalised intercept). For every fold, one factorisation of the fold's
-  design matrix gives the solutions for all penalties at one matmul each. The penalty is
-  chosen per neuron (or one shared by all, maximising the mean) by out-of-fold R^2 pooled
-  over folds, i.e. by the summed squared error; the model is then refitted on all data.
+  centred (an unpenalised intercept). One eigendecomposition of the smaller Gram matrix
+  gives the in-sample fit of every penalty, and the leave-one-out residuals follow from
+  it exactly: e_i / (1 - h_ii), with h the hat matrix's diagonal (Allen's PRESS; the
+  standardisation is the all-rows one, as in scikit-learn's RidgeCV). The penalty is
+  chosen per neuron (or one shared by all, maximising the mean) by leave-one-out R^2; the
+  model is then the all-rows fit at that penalty.
 
   Attributes (after `fit`):
     alpha_: (K,) chosen penalty per neuron (all equal when `alpha_per_neuron=False`).
-    cv_score_: (K,) out-of-fold correlation between predicted and measured responses at
-      `alpha_`, predictions pooled over folds.
-    cv_r2_: (A, K) out-of-fold R^2 for every penalty in `alphas_`.
+    cv_score_: (K,) correlation between leave-one-out predictions and measured responses
+      at `alpha_`.
+    cv_r2_: (A, K) leave-one-out R^2 for every penalty in `alphas_`.
     alphas_: (A,) the penalties tried.
     coef_: (F, K) weights on standardised features; intercept_: (K,).
     feature_mean_, feature_std_: (F,) the standardisation.
@@ -343,16 +336,13 @@ class RidgeCV:
     self.alpha_per_neuron = alpha_per_neuron
 
   def fit(self, features: np.ndarray, responses: np.ndarray, *,
-          alphas: Sequence[float] = DEFAULT_ALPHAS, cv_folds: int = 5,
-          seed: int = 0) -> "RidgeCV":
-    """Chooses the penalties by cross-validation and fits on all rows.
+          alphas: Sequence[float] = DEFAULT_ALPHAS) -> "RidgeCV":
+    """Chooses the penalties by leave-one-out cross-validation and fits on all rows.
 
     Args:
-      features: (N, F).
+      features: (N, F), N >= 3.
       responses: (N, K) trial-averaged, or (N, R, K) NaN-padded repeats (averaged here).
       alphas: (A,) penalties to try, > 0.
-      cv_folds: number of folds (2 <= cv_folds <= N); rows are shuffled with `seed`.
-      seed: fold assignment seed.
 
     Returns:
       self.
@@ -366,46 +356,45 @@ class RidgeCV:
       raise DataError("features: contain NaN or inf")
     if x.shape[0] != y.shape[0]:
       raise DataError(f"responses: {y.shape[0]} images but features have {x.shape[0]} rows")
+    if x.shape[0] < 3:
+      raise DataError(f"features: leave-one-out needs at least 3 rows, got {x.shape[0]}")
     if alphas.size == 0 or (alphas <= 0).any():
       raise ValueError(f"alphas must be a non-empty list of positive numbers, got {alphas}")
-    if not 2 <= cv_folds <= x.shape[0]:
-      raise ValueError(f"cv_folds must be in [2, {x.shape[0]}], got {cv_folds}")
 
-    sse = np.zeros((alphas.size, y.shape[1]))
-    # Running sums over folds for the pooled out-of-fold correlation of every penalty.
-    sp, spp, spy = (np.zeros_like(sse) for _ in range(3))
-    order = np.random.default_rng(seed).permutation(x.shape[0])
-    for held_out in np.array_split(order, cv_folds):
-      train = np.ones(x.shape[0], bool)
-      train[held_out] = False
-      mean, std = _standardise(x[train])
-      y_mean = y[train].mean(axis=0)
-      basis, s2, projected = _ridge_factors((x[train] - mean) / std, y[train] - y_mean)
-      held_basis = ((x[held_out] - mean) / std) @ basis
-      for i, a in enumerate(alphas):
-        prediction = held_basis @ (projected / (s2 + a)[:, None]) + y_mean
-        sse[i] += ((prediction - y[held_out]) ** 2).sum(axis=0)
-        sp[i] += prediction.sum(axis=0)
-        spp[i] += (prediction**2).sum(axis=0)
-        spy[i] += (prediction * y[held_out]).sum(axis=0)
+    n = x.shape[0]
+    self.feature_mean_, self.feature_std_ = _standardise(x)
+    self.intercept_ = y.mean(axis=0)
+    z = (x - self.feature_mean_) / self.feature_std_
+    centred = y - self.intercept_
+    basis, s2, projected = _ridge_factors(z, centred)
+    # In-sample fit for penalty a: Z B diag(1/(s2 + a)) P. The columns of Z B are those
+    # of U (Z = U S V^T) times s (B = V) or s2 (B = Z^T U), so with U's columns the hat
+    # matrix's diagonal is 1/n (the intercept) + sum_j U_ij^2 s2_j / (s2_j + a).
+    in_sample = z @ basis
+    norms = np.linalg.norm(in_sample, axis=0)
+    u_squares = (in_sample / np.where(norms > 0, norms, 1.0))**2
 
-    sst = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+    def loo_residuals(a: float, neurons) -> np.ndarray:
+      leverage = 1.0 / n + u_squares @ (s2 / (s2 + a))
+      residual = centred[:, neurons] - in_sample @ (projected[:, neurons] / (s2 + a)[:, None])
+      # A row at leverage ~1 decides its own fit: unpredictable without it.
+      return residual / np.maximum(1.0 - leverage, 1e-12)[:, None]
+
+    every = slice(None)
+    sse = np.stack([(loo_residuals(a, every)**2).sum(axis=0) for a in alphas])
+    sst = (centred**2).sum(axis=0)
     self.cv_r2_ = 1.0 - sse / np.where(sst > 0, sst, 1.0)
     if self.alpha_per_neuron:
       best = np.argmax(self.cv_r2_, axis=0)
     else:
       best = np.full(y.shape[1], np.argmax(self.cv_r2_.mean(axis=1)))
-    neurons = np.arange(y.shape[1])
-    correlation = _pooled_correlation(sp, spp, spy, y.sum(axis=0), (y**2).sum(axis=0),
-                                      x.shape[0])
+    loo_prediction = np.empty_like(y)
+    for i in np.unique(best):
+      neurons = np.flatnonzero(best == i)
+      loo_prediction[:, neurons] = y[:, neurons] - loo_residuals(alphas[i], neurons)
     self.alphas_ = alphas
     self.alpha_ = alphas[best]
-    self.cv_score_ = correlation[best, neurons]
-
-    self.feature_mean_, self.feature_std_ = _standardise(x)
-    self.intercept_ = y.mean(axis=0)
-    basis, s2, projected = _ridge_factors((x - self.feature_mean_) / self.feature_std_,
-                                          y - self.intercept_)
+    self.cv_score_ = correlation.paired(loo_prediction, y)
     self.coef_ = basis @ (projected / (s2[:, None] + self.alpha_[None, :]))
     return self
 
@@ -444,17 +433,14 @@ class GaborRidge:
     return gabor_energy_features(images, **self.feature_options)
 
   def fit(self, images: np.ndarray, responses: np.ndarray, *,
-          alphas: Sequence[float] = DEFAULT_ALPHAS, cv_folds: int = 5,
-          seed: int = 0) -> "GaborRidge":
+          alphas: Sequence[float] = DEFAULT_ALPHAS) -> "GaborRidge":
     """Fits on (N, H, W, C) images and (N, K) or NaN-padded (N, R, K) responses."""
-    return self.fit_features(self.features(images), responses, alphas=alphas,
-                             cv_folds=cv_folds, seed=seed)
+    return self.fit_features(self.features(images), responses, alphas=alphas)
 
   def fit_features(self, features: np.ndarray, responses: np.ndarray, *,
-                   alphas: Sequence[float] = DEFAULT_ALPHAS, cv_folds: int = 5,
-                   seed: int = 0) -> "GaborRidge":
+                   alphas: Sequence[float] = DEFAULT_ALPHAS) -> "GaborRidge":
     """Fits on precomputed (N, F) features; see `RidgeCV.fit`."""
-    self.ridge.fit(features, responses, alphas=alphas, cv_folds=cv_folds, seed=seed)
+    self.ridge.fit(features, responses, alphas=alphas)
     return self
 
   def predict(self, images: np.ndarray) -> np.ndarray:
@@ -476,7 +462,7 @@ class GaborRidge:
 
   @property
   def cv_score_(self) -> np.ndarray:
-    """(K,) out-of-fold correlation of each neuron at its chosen penalty."""
+    """(K,) leave-one-out correlation of each neuron at its chosen penalty."""
     return self.ridge.cv_score_
 
 

@@ -147,7 +147,7 @@ def test_fitted_ridge_is_direct_solve_on_standardised_features():
   rng = np.random.default_rng(4)
   x = rng.standard_normal((60, 10)) * rng.uniform(0.5, 3, 10) + 2.0
   y = x @ rng.standard_normal((10, 4)) + rng.standard_normal((60, 4)) * [0.1, 1, 3, 10]
-  ridge = RidgeCV().fit(x, y, alphas=np.logspace(-2, 4, 7), cv_folds=4)
+  ridge = RidgeCV().fit(x, y, alphas=np.logspace(-2, 4, 7))
   z = (x - x.mean(0)) / x.std(0)
   for k in range(4):
     centred = y[:, k] - y[:, k].mean()
@@ -157,6 +157,31 @@ def test_fitted_ridge_is_direct_solve_on_standardised_features():
   assert ridge.cv_r2_.shape == (7, 4)
   # The noisiest targets are penalised at least as much as the cleanest.
   assert ridge.alpha_[3] >= ridge.alpha_[0]
+
+
+@pytest.mark.parametrize("num_rows", [30, 8])  # N >= F and N < F: both Gram matrices
+def test_leave_one_out_equals_refitting_without_each_row(num_rows):
+  rng = np.random.default_rng(12)
+  x = rng.standard_normal((num_rows, 12)) * rng.uniform(0.5, 3, 12) + 1.0
+  y = x @ rng.standard_normal((12, 3)) + rng.standard_normal((num_rows, 3)) * [0.3, 2, 8]
+  alphas = [0.1, 3.0, 100.0]
+  ridge = RidgeCV().fit(x, y, alphas=alphas)
+  # The standardisation is the all-rows one; the intercept is refitted without the row.
+  z = (x - ridge.feature_mean_) / ridge.feature_std_
+  for i, a in enumerate(alphas):
+    loo = np.empty_like(y)
+    for row in range(num_rows):
+      keep = np.arange(num_rows) != row
+      zk, yk = z[keep], y[keep]
+      mean_z, mean_y = zk.mean(0), yk.mean(0)
+      coef = np.linalg.solve((zk - mean_z).T @ (zk - mean_z) + a * np.eye(12),
+                             (zk - mean_z).T @ (yk - mean_y))
+      loo[row] = (z[row] - mean_z) @ coef + mean_y
+    r2 = 1 - ((loo - y)**2).sum(0) / ((y - y.mean(0))**2).sum(0)
+    np.testing.assert_allclose(ridge.cv_r2_[i], r2, rtol=1e-8, atol=1e-10)
+    for k in np.flatnonzero(ridge.alpha_ == a):
+      np.testing.assert_allclose(ridge.cv_score_[k], np.corrcoef(loo[:, k], y[:, k])[0, 1],
+                                 rtol=1e-6)
 
 
 def test_predicts_gabor_energy_population_on_held_out_images(population):
@@ -213,8 +238,7 @@ def test_nan_padded_repeats_are_averaged(population):
 def test_fit_is_deterministic(population):
   images, clean, _ = population
   responses = clean + 0.5 * np.random.default_rng(8).standard_normal(clean.shape)
-  fits = [GaborRidge(spatial_frequencies=FREQUENCIES).fit(images[:300], responses[:300],
-                                                          cv_folds=3, seed=11)
+  fits = [GaborRidge(spatial_frequencies=FREQUENCIES).fit(images[:300], responses[:300])
           for _ in range(2)]
   np.testing.assert_array_equal(fits[0].alpha_, fits[1].alpha_)
   np.testing.assert_array_equal(fits[0].cv_score_, fits[1].cv_score_)
