@@ -32,10 +32,13 @@ setuptools.setup(
         "pillow",
         "matplotlib",
         "tqdm",
+        "tensorboardX>=2.6",  # TensorBoard event files of every run, without TensorFlow
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "nbclient>=0.10", "nbformat>=5.10",
-                 "ipykernel>=6"],
+                 "ipykernel>=6", "pynwb>=4.0",
+                 "tensorboard>=2.16"],  # its reader checks the event files runs write
+        "nwb": ["pynwb>=4.0"],  # data.kind="nwb" (jaxvna.data.nwb)
     },
     entry_points={"console_scripts": ["jaxvna = jaxvna.cli:run"]},
 )

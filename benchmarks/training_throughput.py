@@ -1,8 +1,10 @@
 """End-to-end training throughput against the step alone, per input placement.
 
 For each throughput config (bench_dina_mlp, bench_cnn) and each input set-up (the host
-pipeline, with its threads or with 2 grain worker processes; the split resident on the
-devices; resident with 8 steps per call), runs
+pipeline, with its threads, with 2 grain worker processes, or reading a prepared TFDS
+copy made here in a temporary folder; the split resident on the devices; resident with 8
+steps per call; with --fake_devices=8, also split by rows over the devices: "sharded"),
+runs
 `jaxvna.commands.bench.run`, whose JSON holds, measured in alternating rounds in one
 process: the step alone on synthetic inputs (samples_per_s), the configured input alone
 (input_samples_per_s), the trainer's own loop `train.run_calls` (train_samples_per_s) and
@@ -10,6 +12,8 @@ the step alone on one real batch (real_step_samples_per_s), with
 train_vs_step = train / real step.
 
   python benchmarks/training_throughput.py --out benchmarks/results/training_throughput.json
+  python benchmarks/training_throughput.py --fake_devices=8 --configs=bench_dina_mlp,bench_cnn \
+      --setups=device,sharded --out benchmarks/results/placement_8_devices.json
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import pathlib
 import platform
 import sys
+import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -28,7 +33,11 @@ sys.path.insert(0, str(REPO))
 SETUPS = {"host": {"data.placement": "host", "train.steps_per_call": 1},
           "host_2_workers": {"data.placement": "host", "data.worker_processes": 2,
                              "train.steps_per_call": 1},
+          # The host pipeline reading a prepared TFDS copy's ArrayRecord records.
+          "host_prepared": {"data.placement": "host", "data.source": "prepared",
+                            "train.steps_per_call": 1},
           "device": {"data.placement": "device", "train.steps_per_call": 1},
+          "sharded": {"data.placement": "sharded", "train.steps_per_call": 1},
           "device_k8": {"data.placement": "device", "train.steps_per_call": 8}}
 
 
@@ -37,7 +46,12 @@ def main(argv=None):
   parser.add_argument("--configs", default="bench_dina_mlp,bench_cnn")
   parser.add_argument("--setups", default=",".join(SETUPS))
   parser.add_argument("--out", default=None, help="write the JSON result here")
+  parser.add_argument("--fake_devices", type=int, default=0,
+                      help="split the CPU into this many XLA devices (0: one device)")
   args = parser.parse_args(argv)
+  if args.fake_devices:  # before jax is imported
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform"
+                               f"_device_count={args.fake_devices}")
 
   import importlib
 
@@ -45,6 +59,7 @@ def main(argv=None):
   from jaxvna.commands import bench
 
   runs = []
+  copies = tempfile.TemporaryDirectory(prefix="jaxvna-throughput-")
   for name in args.configs.split(","):
     module = importlib.import_module(f"jaxvna.configs.{name}")
     for setup in args.setups.split(","):
@@ -52,10 +67,15 @@ def main(argv=None):
       for key, value in SETUPS[setup].items():
         section, field = key.split(".")
         config[section][field] = value
+      if config.data.source == "prepared":
+        from jaxvna.data import tfds_builders
+        config.data.prepared_dir = str(tfds_builders.prepare(
+            config.data.kind, copies.name, reader_kwargs=dict(config.data.kwargs)))
       start = time.perf_counter()
       out = bench.run(config)
       runs.append({"config": name, "setup": setup, **SETUPS[setup],
                    "wall_s": time.perf_counter() - start, "result": out})
+  copies.cleanup()
   import flax
   import optax
   result = {

@@ -26,6 +26,11 @@ def get_config(arg: str = "vna"):
 
   c.data = ml_collections.ConfigDict()
   c.data.kind = "simulator"
+  # "reader": data.kind's reader (or the simulator) reads the data into memory; "prepared":
+  # the prepared TFDS copy in prepared_dir (the folder `jaxvna data --prepare_dir=D`
+  # prints), the host pipeline reading its ArrayRecord records.
+  c.data.source = "reader"
+  c.data.prepared_dir = ""
   # Any keyword of jaxvna.data.simulator.simulate may be added here.
   c.data.kwargs = ml_collections.ConfigDict(dict(
       seed=0, num_subjects=3, num_images=5000, image_size=64,
@@ -33,10 +38,12 @@ def get_config(arg: str = "vna"):
   c.data.response_mode = "trial"  # train on single trials (mean: trial averages)
   # Train on a nested fraction of each subject's training images (data-size studies).
   c.data.train_fraction = 1.0
-  # Where batches are assembled: "device" (the training split placed on the devices once,
-  # each step's batch drawn inside the step), "host" (the grain pipeline), or "auto"
-  # (device when the split takes at most device_memory_mb on each device). Both draw the
-  # same batches, so the choice changes speed only.
+  # Where batches are assembled: "device" (the training split on every device, each
+  # step's batch drawn inside the step), "sharded" (the split's images and responses split
+  # by rows over the devices, the drawn rows gathered across them), "host" (the grain
+  # pipeline), or "auto" (device, else sharded, else host: the first whose split takes at
+  # most device_memory_mb on each device). All draw the same batches: the choice changes
+  # speed and memory only.
   c.data.placement = "auto"
   c.data.device_memory_mb = 1024.0
   c.data.read_threads = 2  # the host pipeline's grain read threads (batches read ahead: 4)
@@ -65,6 +72,8 @@ def get_config(arg: str = "vna"):
       steps=600, batch_size=256, checkpoint_every=200, keep_checkpoints=3, log_every=50,
       progress_bar=True,
       steps_per_call=1))  # updates per jitted call (lax.scan); calls end at log/checkpoint steps
+  # "A:B": a jax.profiler trace of training steps A..B (1-based) in workdir/profile; "": none.
+  c.train.profile_steps = ""
 
   c.eval = ml_collections.ConfigDict(dict(
       split="test", n_ways=(2, 10, 50, 100, "all"), draws=200, seed=0, gabor_ridge=True))

@@ -37,7 +37,7 @@ class Command:
 
 
 def _data(config, flags) -> None:
-  from jaxvna.data import readers, summarize
+  from jaxvna.data import summarize
   if flags.prepare_dir:
     from jaxvna.data import tfds_builders
     path = tfds_builders.prepare(config.data.kind, flags.prepare_dir,
@@ -45,7 +45,8 @@ def _data(config, flags) -> None:
     print(f"prepared {config.data.kind} at {path}")
     dataset = tfds_builders.read_prepared(path)  # summarise what was written
   else:
-    dataset = readers.load(config.data.kind, **config.data.kwargs)
+    from jaxvna.training import train
+    dataset = train.load_dataset(config)
   print(summarize(dataset))
 
 
@@ -132,6 +133,9 @@ def _define_flags(command: str):
                     "paths given (they are otherwise printed on one line).")
   flags.DEFINE_string("prepare_dir", None, "data: build the TFDS (ArrayRecord) copy here.")
   flags.DEFINE_integer("devices", 8, "dryrun: the number of (fake CPU) devices of the mesh.")
+  flags.DEFINE_string("profile_steps", None,
+                      "A:B: a jax.profiler trace of training steps A..B in workdir/profile "
+                      "(sets config.train.profile_steps).")
   # Multi-process runs (jaxvna.training.distributed); unset flags fall back to JAXVNA_* env.
   flags.DEFINE_string("coordinator_address", None,
                       "Multi-process: host:port of process 0, the same for every process.")
@@ -173,6 +177,9 @@ def _main(command: str, flags_values) -> int:
   config = flags_values.config
   if config is None:
     raise SystemExit(f"jaxvna {command}: --config is required")
+  if flags_values.profile_steps is not None:
+    with config.unlocked():
+      config.train.profile_steps = flags_values.profile_steps
   from jaxvna.training import preflight
   preflight.check_config(config)  # before any data is read or anything compiled
   if flags_values.compilation_cache:

@@ -11,7 +11,7 @@ import jax
 
 from jaxvna import files, registry
 from jaxvna.evaluation import discriminative
-from jaxvna.training import distributed, preflight, train, workdir_lock
+from jaxvna.training import distributed, preflight, summaries, train, workdir_lock
 
 def run(config, workdir, *, force: bool = False) -> dict:
   """Trains every method of the demo (`registry.in_demo`), each in workdir/<method>, fits
@@ -43,6 +43,9 @@ def _demo(config, workdir: pathlib.Path, *, force: bool) -> dict:
     files.write_json(workdir / "results.json", out)
     print(results_table(results))
     plot_results(results, workdir / "demo.png", title=f"{dataset.name}: held-out images")
+    # TensorBoard: the table and the plot at the step every method trained to.
+    summaries.write_outputs(workdir, config.train.steps, results={"eval": results},
+                            figures=[workdir / "demo.png"])
     print(f"\nresults: {workdir / 'results.json'}   plot: {workdir / 'demo.png'}")
   return out
 

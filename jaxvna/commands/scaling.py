@@ -309,7 +309,7 @@ def run(config, workdir, *, force: bool = False) -> dict:
   Returns:
     the content of workdir/scaling.json.
   """
-  from jaxvna.training import train
+  from jaxvna.training import summaries, train
   fractions, widths = _check(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -337,6 +337,9 @@ def run(config, workdir, *, force: bool = False) -> dict:
   files.write_json(workdir / "scaling.json", out)
   write_csv(rows, workdir / "scaling.csv")
   plot(out, workdir / "scaling.png", title=f"{dataset.name}: {config.method}")
+  # TensorBoard: the fits and the plot at the step every run trained to.
+  summaries.write_outputs(workdir, config.train.steps, results={"scaling": out},
+                          figures=[workdir / "scaling.png"])
   print(summary_table(out))
   print(f"\nscaling: {workdir / 'scaling.json'}   {workdir / 'scaling.csv'}   "
         f"{workdir / 'scaling.png'}")

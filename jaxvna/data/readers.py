@@ -11,6 +11,8 @@ Formats:
   npz                   a generic one-file-per-recording format for users' own data,
                         written by `write_npz` (see `read_npz` for the fields).
   simulator             `jaxvna.data.simulator.simulate` (ground-truth synthetic data).
+  nwb                   NWB sessions (DANDI, Allen Brain Observatory): spike counts per
+                        image presentation (`jaxvna.data.nwb.read_nwb`; needs pynwb).
 
 `load(kind, **kwargs)` picks a reader by name from `READERS`.
 """
@@ -72,7 +74,7 @@ def _check_ndim(array: np.ndarray, where: str, field: str, ndims: Sequence[int],
     raise DataError(f"{where}: field '{field}': expected shape {expected}, got {array.shape}")
 
 
-def _image_hw(image_size: ImageSize) -> tuple[int, int] | None:
+def image_hw(image_size: ImageSize) -> tuple[int, int] | None:
   """`image_size` as (height, width): an int means a square."""
   if image_size is None:
     return None
@@ -82,7 +84,7 @@ def _image_hw(image_size: ImageSize) -> tuple[int, int] | None:
   return int(hw[0]), int(hw[1])
 
 
-def _resize(image: np.ndarray, hw: tuple[int, int] | None) -> np.ndarray:
+def resize_image(image: np.ndarray, hw: tuple[int, int] | None) -> np.ndarray:
   """(H, W, C) uint8 resized to `hw` with PIL's antialiased Lanczos filter."""
   if hw is None or image.shape[:2] == hw:
     return image
@@ -92,7 +94,7 @@ def _resize(image: np.ndarray, hw: tuple[int, int] | None) -> np.ndarray:
   return out.reshape(hw + (image.shape[2],))
 
 
-def _float_to_uint8(values: np.ndarray, where: str, field: str) -> np.ndarray:
+def float_to_uint8(values: np.ndarray, where: str, field: str) -> np.ndarray:
   """Float grey levels on the 0-255 scale to uint8 (rounded); other ranges are errors."""
   if not np.isfinite(values).all():
     raise DataError(f"{where}: field '{field}': non-finite pixel values")
@@ -104,7 +106,8 @@ def _float_to_uint8(values: np.ndarray, where: str, field: str) -> np.ndarray:
   return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
-def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+  """(train, validation, test) split fractions as floats; DataError unless 3, >= 0, sum 1."""
   f = tuple(float(x) for x in fractions)
   if len(f) != len(SPLITS) or min(f) < 0 or abs(sum(f) - 1.0) > 1e-6:
     raise DataError(f"split_fractions: expected {len(SPLITS)} non-negative fractions for "
@@ -126,7 +129,7 @@ def hashed_split(keys: Sequence[bytes], fractions: Sequence[float], seed: int) -
     fractions: (train, validation, test) fractions summing to 1.
     seed: changes the assignment.
   """
-  f = _check_fractions(fractions)
+  f = check_fractions(fractions)
   salt = int(seed).to_bytes(8, "little", signed=True)
   u = np.array([int.from_bytes(hashlib.sha256(salt + k).digest()[:8], "little") / 2.0**64
                 for k in keys], np.float64)
@@ -134,12 +137,13 @@ def hashed_split(keys: Sequence[bytes], fractions: Sequence[float], seed: int) -
   return np.searchsorted(edges, u, side="right").astype(np.int8)
 
 
-def _natural_key(name: str) -> list:
+def natural_key(name: str) -> list:
   """Sort key that orders 'image2' before 'image10'."""
   return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[pathlib.Path]:
+def as_paths(paths: PathLike | Iterable[PathLike]) -> list[pathlib.Path]:
+  """One path or several as a non-empty list of paths."""
   if isinstance(paths, (str, os.PathLike)):
     return [pathlib.Path(paths)]
   out = [pathlib.Path(p) for p in paths]
@@ -184,7 +188,7 @@ def _zip_images(path: pathlib.Path, hw: tuple[int, int] | None, grayscale: bool
                and m.filename.lower().endswith(_IMAGE_SUFFIXES)]
     if not members:
       raise DataError(f"{path}: no image files ({'/'.join(_IMAGE_SUFFIXES)}) in the zip")
-    members.sort(key=lambda m: (_natural_key(pathlib.PurePosixPath(m.filename).name),
+    members.sort(key=lambda m: (natural_key(pathlib.PurePosixPath(m.filename).name),
                                 m.filename))
     names = [m.filename for m in members]
     if len(set(names)) != len(names):
@@ -204,7 +208,7 @@ def _zip_images(path: pathlib.Path, hw: tuple[int, int] | None, grayscale: bool
         if image.shape != shape:
           raise DataError(f"{path}: member {m.filename!r}: image shape {image.shape} differs "
                           f"from the first image's {shape}; pass image_size to resize")
-      images.append(_resize(image, hw))
+      images.append(resize_image(image, hw))
       digests.append(hashlib.sha1(data).digest())
   return np.stack(images), digests
 
@@ -266,8 +270,8 @@ def read_cowley_v4(root: PathLike, sessions: Sequence[str] | str | None = None, 
     neuron_coords (K, 0) (electrode positions are not in the files).
   """
   root = _require_dir(pathlib.Path(root), "Cowley V4 data")
-  _check_fractions(split_fractions)
-  hw = _image_hw(image_size)
+  check_fractions(split_fractions)
+  hw = image_hw(image_size)
   available = cowley_sessions(root)
   if sessions is None:
     sessions = available
@@ -364,7 +368,7 @@ def read_allen_natural_scenes(root: PathLike) -> Dataset:
     if (matches.sum(axis=1) == 1).all() and len(np.unique(matches.argmax(1))) == len(flat):
       stimulus_ids = matches.argmax(axis=1).astype(np.int64)
 
-  images = _float_to_uint8(flat.astype(np.float64), str(root), "images")
+  images = float_to_uint8(flat.astype(np.float64), str(root), "images")
   recording = Recording(
       name="allen_v1", images=images.reshape(-1, side, side, 1),
       responses=responses[:, None, :],
@@ -469,8 +473,8 @@ def _read_sensorium_folder(folder: pathlib.Path, hw: tuple[int, int] | None) -> 
     image = _sensorium_image(path)
     if image.dtype != np.uint8:
       image_max = max(image_max, float(np.max(image)))
-      image = _float_to_uint8(image, str(path), "images")
-    image = _resize(image, hw)
+      image = float_to_uint8(image, str(path), "images")
+    image = resize_image(image, hw)
     if images[i] is None:
       images[i], split[i] = image, tier_split
       continue
@@ -543,8 +547,8 @@ def read_sensorium(roots: PathLike | Iterable[PathLike], *,
   Returns:
     Dataset "sensorium"; recordings named by folder name, `source` = folder.
   """
-  hw = _image_hw(image_size)
-  return Dataset("sensorium", tuple(_read_sensorium_folder(p, hw) for p in _as_paths(roots)))
+  hw = image_hw(image_size)
+  return Dataset("sensorium", tuple(_read_sensorium_folder(p, hw) for p in as_paths(roots)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -663,9 +667,9 @@ def read_npz(paths: PathLike | Iterable[PathLike], *,
   Returns:
     Dataset "npz" with one recording per file, `source` = the file.
   """
-  _check_fractions(split_fractions)
+  check_fractions(split_fractions)
   return Dataset("npz", tuple(_read_npz_file(p, split_fractions, split_seed)
-                              for p in _as_paths(paths)))
+                              for p in as_paths(paths)))
 
 
 def _written_by_write_npz(path: pathlib.Path) -> bool:
@@ -720,12 +724,18 @@ def _simulate(**kwargs) -> Dataset:
   return importlib.import_module("jaxvna.data.simulator").simulate(**kwargs)
 
 
+def _nwb(**kwargs) -> Dataset:
+  # Imported on use: NWB needs pynwb (an optional extra), which importing jaxvna must not.
+  return importlib.import_module("jaxvna.data.nwb").read_nwb(**kwargs)
+
+
 READERS: Mapping[str, Callable[..., Dataset]] = {
     "simulator": _simulate,
     "cowley_v4": read_cowley_v4,
     "allen_natural_scenes": read_allen_natural_scenes,
     "sensorium": read_sensorium,
     "npz": read_npz,
+    "nwb": _nwb,
 }
 
 

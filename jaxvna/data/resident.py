@@ -1,7 +1,9 @@
 """Device-resident training input: the training split on the devices, batches drawn in the
 step.
 
-`place` puts one split's records on every device once (replicated); `draw` is a pure
+`place` puts one split's records on every device once (replicated), or splits its images
+and responses by rows over the devices (sharded: each step then gathers its B drawn rows
+across devices); `draw` is a pure
 function, traced inside the jitted step, that builds the global batch of a step from
 `(seed, step)` alone. It computes the stream of `jaxvna.data.stream` with jax.numpy, so its
 batches equal the host pipeline's (`pipeline.make_train_iterator`) to the bit: the same
@@ -79,33 +81,85 @@ def arrays(dataset: Dataset, split: str = "train", *, fraction: float = 1.0,
 
 
 def expected_nbytes(dataset: Dataset, split: str = "train", *, fraction: float = 1.0,
-                    response_mode: str = "trial") -> int:
-  """About what `nbytes(arrays(...))` will be, from the shapes alone (nothing is gathered),
-  to decide a placement before building the arrays: exact for the per-record arrays, the
-  small per-subject index tables counted as 4 bytes a record."""
+                    response_mode: str = "trial", shards: int = 1) -> int:
+  """About what `nbytes(arrays(...), shards)` will be, from the shapes alone (nothing is
+  gathered), to decide a placement before building the arrays: exact for the per-record
+  arrays, the small per-subject index tables counted as 4 bytes a record."""
   per_subject = [len(r.indices(split)) for r in dataset.recordings]
   n = sum(max(1, round(fraction * c)) if c and fraction != 1.0 else c for c in per_subject)
   r_max, k_max = pipeline.record_shape(dataset)
   features = dataset.recordings[0].image_features
-  per_record = (int(np.prod(dataset.image_shape))  # uint8 images
-                + 4 * k_max * (r_max if response_mode == "trial" else 1)
-                + 4 * r_max + 4 * 4  # repeats; num_repeats, subjects, stimulus ids, members
-                + (0 if features is None else 4 * features.shape[1]))
-  return n * per_record
+  split_by_rows = (int(np.prod(dataset.image_shape))  # uint8 images
+                   + 4 * k_max * (r_max if response_mode == "trial" else 1)
+                   + (0 if features is None else 4 * features.shape[1]))
+  # repeats; num_repeats, subjects, stimulus ids, members: on every device
+  everywhere = 4 * r_max + 4 * 4
+  return -(-n // shards) * split_by_rows + n * everywhere
 
 
-def nbytes(data: Resident) -> int:
-  """Bytes the arrays take on each device."""
-  return int(sum(np.asarray(x).nbytes for x in data if x is not None))
+# The per-record arrays that `place(..., sharded=True)` splits by rows; the others are
+# small (a few int32 per record) and stay on every device.
+SHARDED_FIELDS = ("images", "responses", "image_features")
 
 
-def place(data: Resident, mesh) -> Resident:
-  """`data` copied to every device of `mesh` (every process must pass the same arrays)."""
+def nbytes(data: Resident, shards: int = 1) -> int:
+  """Bytes the arrays take on each device, placed on `shards` devices with
+  `place(..., sharded=True)` (1: replicated)."""
+  total = 0
+  for field, x in zip(Resident._fields, data):
+    if x is not None:
+      x = np.asarray(x)
+      rows = -(-x.shape[0] // shards) if field in SHARDED_FIELDS else x.shape[0]
+      total += rows * (x.nbytes // max(x.shape[0], 1))
+  return int(total)
+
+
+def place(data: Resident, mesh, *, sharded: bool = False) -> Resident:
+  """`data` on the devices of `mesh`: copied to every device, or, with `sharded`, the
+  `SHARDED_FIELDS` split by rows over the mesh axis "data" (zero rows padding N to a
+  multiple of its size; `draw` never picks them). Every process passes the same arrays
+  and keeps only what its devices hold."""
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
-  replicated = NamedSharding(mesh, P())
-  return Resident(*(None if x is None else jax.make_array_from_callback(
-      x.shape, replicated, lambda index, x=x: x[index]) for x in data))
+  replicated, by_rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  placed = []
+  for field, x in zip(Resident._fields, data):
+    if x is None:
+      placed.append(None)
+      continue
+    sharding = replicated
+    if sharded and field in SHARDED_FIELDS:
+      sharding = by_rows
+      padding = -x.shape[0] % mesh.shape["data"]
+      x = np.concatenate([x, np.zeros((padding, *x.shape[1:]), x.dtype)]) if padding else x
+    placed.append(jax.make_array_from_callback(x.shape, sharding,
+                                               lambda index, x=x: x[index]))
+  return Resident(*placed)
+
+
+def _take(x, mesh, index, *more):
+  """x[index, *more] for (B,) `index`: a plain gather, or, with `mesh`, for `x` split by
+  rows over the mesh axis "data": each device gathers the drawn rows it holds (zeros for
+  the others) and a reduce-scatter sums them into the batch's row shards, so each step
+  moves B rows between devices, never the split."""
+  if mesh is None:
+    return x[(index, *more)]
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import PartitionSpec as P
+
+  def local(x, index, *more):
+    rows = x.shape[0]
+    local_index = index - jax.lax.axis_index("data") * rows
+    held = (local_index >= 0) & (local_index < rows)
+    picked = x[(jnp.where(held, local_index, 0), *more)]
+    held = held.reshape(held.shape + (1,) * (picked.ndim - 1))
+    picked = jnp.where(held, picked, jnp.zeros((), picked.dtype))
+    return jax.lax.psum_scatter(picked, "data", scatter_dimension=0, tiled=True)
+
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(P("data"),) + (P(),) * (1 + len(more)),
+                     out_specs=P("data"), axis_names={"data"})
+  return fn(x, index, *more)
 
 
 def stream_offsets(step: int, batch_size: int, num_members, weighting: str) -> np.ndarray:
@@ -132,11 +186,13 @@ def stream_offsets(step: int, batch_size: int, num_members, weighting: str) -> n
 
 
 def draw(data: Resident, offsets, step, *, seed: int, batch_size: int,
-         response_mode: str = "trial", weighting: str = "size", sharding=None) -> dict:
+         response_mode: str = "trial", weighting: str = "size", sharding=None,
+         sharded_mesh=None) -> dict:
   """The global batch of `step` (traced; `offsets` = `stream_offsets(step, ...)`).
 
   Returns the batch dict of `pipeline.make_train_iterator` (see the module docstring),
-  split over `sharding` when given.
+  split over `sharding` when given. `sharded_mesh`: the mesh when `data` was placed with
+  `place(..., sharded=True)` (its rows gathered across devices), else None.
   """
   import jax
   import jax.numpy as jnp
@@ -167,12 +223,13 @@ def draw(data: Resident, offsets, step, *, seed: int, batch_size: int,
     repeat = jnp.zeros((batch_size,), jnp.int32)
   k_max = data.responses.shape[2]
   mask = jnp.arange(k_max)[None, :] < data.neuron_counts[subjects][:, None]
-  batch = {"image": data.images[index],
-           "response": jnp.where(mask, data.responses[index, repeat], 0.0),
+  batch = {"image": _take(data.images, sharded_mesh, index),
+           "response": jnp.where(mask, _take(data.responses, sharded_mesh, index, repeat),
+                                 0.0),
            "neuron_mask": mask, "subject": subjects,
            "stimulus_id": data.stimulus_ids[index]}
   if data.image_features is not None:
-    batch["image_features"] = data.image_features[index]
+    batch["image_features"] = _take(data.image_features, sharded_mesh, index)
   if sharding is not None:
     batch = jax.lax.with_sharding_constraint(batch, sharding)
   return batch

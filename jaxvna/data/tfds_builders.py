@@ -475,39 +475,58 @@ def _split_subjects(meta: dict, arrays: Mapping[str, np.ndarray], split: str) ->
 
 
 class PreparedSource:
-  """Random access to the records of one split of a prepared dataset (`pipeline` format).
+  """Random access to the records of one split of a prepared dataset (`pipeline` format),
+  optionally a nested `fraction` of each subject's records (`pipeline.nested_subset`, so
+  the same records as `pipeline.DatasetSource` of the dataset the copy holds).
 
   Records carry "image_features" (F,) float32 when the prepared dataset has them.
   """
 
-  def __init__(self, path: str | os.PathLike, split: str):
+  def __init__(self, path: str | os.PathLike, split: str, *, fraction: float = 1.0,
+               subset_seed: int = 0):
     self.path = pathlib.Path(path)
     self.split = split
     meta, arrays = read_metadata(self.path)
     self.metadata = meta
-    self.subjects = _split_subjects(meta, arrays, split)
-    if not len(self.subjects):
+    subjects = _split_subjects(meta, arrays, split)
+    if not len(subjects):
       raise DataError(f"{self.path}: split {split!r} holds no images")
     self._records = tfds.builder_from_directory(os.fspath(self.path)).as_data_source(split)
-    if len(self._records) != len(self.subjects):
+    if len(self._records) != len(subjects):
       raise DataError(f"{self.path}: split {split!r} holds {len(self._records)} records, "
-                      f"the metadata expects {len(self.subjects)}")
+                      f"the metadata expects {len(subjects)}")
+    for i in (0, len(subjects) - 1):  # cheap check that records are in the expected order
+      found = int(self._records[i]["subject"])
+      if found != subjects[i]:
+        raise DataError(f"{self.path}: record {i} of split {split!r} belongs to subject "
+                        f"{found}, expected {subjects[i]}")
+    self._positions = np.arange(len(subjects))
+    if fraction != 1.0:
+      keep = pipeline.nested_subset(subjects, fraction, subset_seed)
+      subjects, self._positions = subjects[keep], np.flatnonzero(keep)
+    self.subjects = subjects
     self.neuron_counts = tuple(r["num_neurons"] for r in meta["recordings"])
     self.record_shape = tuple(meta["record_shape"])
     self.image_shape = tuple(meta["image_shape"])
-    for i in (0, len(self) - 1):  # cheap check that records are in the expected order
-      if int(self[i]["subject"]) != self.subjects[i]:
-        raise DataError(f"{self.path}: record {i} of split {split!r} belongs to subject "
-                        f"{int(self[i]['subject'])}, expected {self.subjects[i]}")
 
   def __len__(self) -> int:
     return len(self.subjects)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    return _as_record(self._records[int(index)])
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"record {index} out of range for {len(self)} records")
+    return _as_record(self._records[int(self._positions[index])])
 
   def __getitems__(self, indices) -> list[dict[str, np.ndarray]]:
-    return [_as_record(r) for r in self._records.__getitems__([int(i) for i in indices])]
+    positions = [int(self._positions[int(i)]) for i in indices]
+    return [_as_record(r) for r in self._records.__getitems__(positions)]
+
+  def take(self, indices) -> dict[str, np.ndarray]:
+    """The records of `indices` stacked (leading axis len(indices)), as
+    `pipeline.DatasetSource.take`; ArrayRecord reads them in one call."""
+    records = self.__getitems__(indices)
+    return {k: np.stack([r[k] for r in records]) for k in records[0]}
 
   def __repr__(self):
     return f"PreparedSource({os.fspath(self.path)!r}, {self.split!r}, {len(self)} records)"

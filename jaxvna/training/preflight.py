@@ -19,6 +19,7 @@ import numpy as np
 from jaxvna import registry
 from jaxvna.data.dataset import DataError, Dataset
 from jaxvna.errors import ConfigError
+from jaxvna.training import summaries
 
 _SEED_LIMIT = 2**32
 
@@ -50,6 +51,14 @@ def _optional(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], 
   return (lambda v: v is None or test(v)), f"None or {allowed}"
 
 
+def _profile_steps(v) -> bool:
+  try:
+    summaries.parse_profile_steps(v)
+  except ConfigError:
+    return False
+  return True
+
+
 _POSITIVE = _number(lambda x: x > 0, "a finite number > 0")
 _NON_NEGATIVE = _number(lambda x: x >= 0, "a finite number >= 0")
 _FRACTION = _number(lambda x: 0 < x <= 1, "a number in (0, 1]")
@@ -62,6 +71,7 @@ RULES: tuple[tuple[str, tuple[Callable[[Any], bool], str]], ...] = (
     ("*.warmup_steps", _int_at_least(0)),
     ("*.kl_anneal_steps", _int_at_least(0)),
     ("*.decay_steps", _optional(_int_at_least(1))),
+    ("*.profile_steps", (_profile_steps, summaries.PROFILE_STEPS_ALLOWED)),
     ("*steps", _int_at_least(1)),
     ("*.batch_size", _int_at_least(1)),
     ("*.steps_per_call", _int_at_least(1)),

@@ -30,13 +30,15 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxvna import errors, files, registry
 from jaxvna.data import Dataset, pipeline, readers, resident
 from jaxvna.evaluation import discriminative
-from jaxvna.training import checkpoint, distributed, preflight, workdir_lock
+from jaxvna.training import checkpoint, distributed, preflight, summaries, workdir_lock
 
-# What a resumed run may change: how long it runs, how often it logs and saves, how its
-# input is computed (both placements draw the same batches), and its evaluations.
+# What a resumed run may change: how long it runs, how often it logs and saves, which of
+# its steps are profiled, how its input is computed (both placements draw the same
+# batches), and its evaluations.
 RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every",
-                  "train.steps_per_call", "data.placement", "data.device_memory_mb",
-                  "data.read_threads", "data.worker_processes", "eval", "interpret")
+                  "train.profile_steps", "train.steps_per_call", "data.placement",
+                  "data.device_memory_mb", "data.read_threads", "data.worker_processes",
+                  "eval", "interpret")
 
 
 # ----------------------------------------------------------------------------
@@ -90,11 +92,13 @@ def local_copy(tree):
 
 
 class MetricsLog:
-  """Appends one JSON object per logged step to workdir/metrics.jsonl.
+  """Appends one JSON object per logged step to workdir/metrics.jsonl, and the same
+  numbers as TensorBoard scalars `train/<name>` to the workdir's event files
+  (`summaries`).
 
   Rows past `after_step` (logged by an earlier attempt after its last checkpoint, and
   about to be logged again by the resumed run) are dropped first, so each step appears
-  once.
+  once; TensorBoard is told to ignore that attempt's events past `after_step` likewise.
   """
 
   def __init__(self, path: pathlib.Path, *, after_step: int = 0):
@@ -104,14 +108,17 @@ class MetricsLog:
       if len(kept) != len(rows):
         files.write_text(path, "".join(kept))
     self._file = open(path, "a")
+    self._events = summaries.EventWriter(path.parent, purge_after=after_step)
 
   def write(self, step: int, metrics: dict) -> None:
     row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
+    self._events.scalars(step, {k: v for k, v in row.items() if k != "step"})
 
   def close(self):
     self._file.close()
+    self._events.close()
 
 
 def _logged_step(row: str) -> float:
@@ -138,31 +145,70 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 # Input
 # ----------------------------------------------------------------------------
 
+SOURCES = ("reader", "prepared")
+
+
 def load_dataset(config) -> Dataset:
-  """The configured dataset, read into memory by its reader (or the simulator)."""
+  """The configured dataset in memory: read by its reader (or the simulator), or, with
+  `data.source="prepared"`, from the prepared TFDS copy in `data.prepared_dir`."""
+  if prepared_source(config):
+    from jaxvna.data import tfds_builders
+    return tfds_builders.read_prepared(config.data.prepared_dir)
   return readers.load(config.data.kind, **config.data.kwargs)
 
 
-PLACEMENTS = ("host", "device", "auto")
+def prepared_source(config) -> bool:
+  """Whether the run reads a prepared copy (`data.source`), with a clear error if unknown."""
+  source = config.data.source
+  if source not in SOURCES:
+    raise errors.ConfigError(f"config.data.source: unknown {source!r}; expected one of "
+                             f"{SOURCES}")
+  if source == "prepared" and not config.data.prepared_dir:
+    raise errors.ConfigError("config.data.prepared_dir: empty; data.source='prepared' reads "
+                             "the folder that `jaxvna data --prepare_dir=D` printed")
+  return source == "prepared"
 
 
-def make_input(config, dataset: Dataset, mesh):
-  """The training input of `config.data.placement`: a `HostInput` (grain reads and
-  assembles batches on the host) or a `DeviceInput` (the split on the devices, batches
-  drawn inside the step); "auto" is "device" when the split fits
-  `data.device_memory_mb`."""
+PLACEMENTS = ("host", "device", "sharded", "auto")
+
+
+def choose_placement(config, dataset: Dataset, num_devices: int) -> str:
+  """`data.placement`, with "auto" resolved: "device" (the split replicated on every
+  device) when it fits `data.device_memory_mb` per device, else "sharded" (images and
+  responses split by rows over the devices) when that fits, else "host"."""
   placement = config.data.placement
   if placement not in PLACEMENTS:
     raise errors.ConfigError(f"config.data.placement: unknown {placement!r}; expected one "
                              f"of {PLACEMENTS}")
-  size_mb = resident.expected_nbytes(dataset, "train", fraction=config.data.train_fraction,
-                                     response_mode=config.data.response_mode) / 2**20
-  if placement == "device" or (placement == "auto" and size_mb <= config.data.device_memory_mb):
+  if placement != "auto":
+    return placement
+  for candidate, shards in (("device", 1), ("sharded", num_devices)):
+    size_mb = resident.expected_nbytes(dataset, "train", fraction=config.data.train_fraction,
+                                       response_mode=config.data.response_mode,
+                                       shards=shards) / 2**20
+    if size_mb <= config.data.device_memory_mb:
+      return candidate
+  return "host"
+
+
+def make_input(config, dataset: Dataset, mesh):
+  """The training input of `config.data.placement` (`choose_placement`): a `HostInput`
+  (grain reads and assembles batches on the host, from the prepared copy's records with
+  `data.source="prepared"`) or a `DeviceInput` (the split on the devices, replicated or
+  sharded, batches drawn inside the step)."""
+  placement = choose_placement(config, dataset, mesh.size)
+  if placement in ("device", "sharded"):
     return DeviceInput(config, resident.arrays(
         dataset, "train", fraction=config.data.train_fraction, subset_seed=config.seed,
-        response_mode=config.data.response_mode), mesh)
-  source = pipeline.DatasetSource(dataset, "train", fraction=config.data.train_fraction,
-                                  subset_seed=config.seed)
+        response_mode=config.data.response_mode), mesh, sharded=placement == "sharded")
+  if prepared_source(config):  # the copy's records, read by grain from ArrayRecord
+    from jaxvna.data import tfds_builders
+    source = tfds_builders.PreparedSource(config.data.prepared_dir, "train",
+                                          fraction=config.data.train_fraction,
+                                          subset_seed=config.seed)
+  else:
+    source = pipeline.DatasetSource(dataset, "train", fraction=config.data.train_fraction,
+                                    subset_seed=config.seed)
   return HostInput(pipeline.make_train_iterator(
       source, global_batch_size=config.train.batch_size, mesh=mesh, seed=config.seed,
       response_mode=config.data.response_mode, num_threads=config.data.read_threads,
@@ -192,18 +238,19 @@ class HostInput:
 
 
 class DeviceInput:
-  """The training split resident on the devices (`jaxvna.data.resident`): a call of the
-  step gets only the small integers that locate its steps' batches in the stream. Its
-  batches are the host pipeline's, so either input resumes the other's checkpoints."""
+  """The training split resident on the devices (`jaxvna.data.resident`), replicated or
+  split by rows (`sharded`): a call of the step gets only the small integers that locate
+  its steps' batches in the stream. Its batches are the host pipeline's, so each input
+  resumes the others' checkpoints."""
 
-  def __init__(self, config, arrays: resident.Resident, mesh):
-    self.data = resident.place(arrays, mesh)
+  def __init__(self, config, arrays: resident.Resident, mesh, *, sharded: bool = False):
+    self.data = resident.place(arrays, mesh, sharded=sharded)
     self._num_members = np.asarray(arrays.num_members)
     self._batch_size = config.train.batch_size
     self.draw = functools.partial(
         resident.draw, seed=config.seed, batch_size=self._batch_size,
         response_mode=config.data.response_mode, weighting="size",
-        sharding=NamedSharding(mesh, P("data")))
+        sharding=NamedSharding(mesh, P("data")), sharded_mesh=mesh if sharded else None)
     # The fields of the host pipeline's state that fix the stream.
     self._fingerprint = {"seed": int(config.seed), "global_batch_size": int(self._batch_size),
                          "response_mode": config.data.response_mode,
@@ -253,15 +300,20 @@ def make_objective(config, model, mesh, aux=None):
   return registry.get(config.method).objective(config, model, mesh, aux)
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW with warmup + cosine decay and global-norm clipping; non-finite updates skipped."""
+def learning_rate_schedule(config) -> optax.Schedule:
+  """Warmup + cosine decay: the learning rate of the n-th applied update is schedule(n - 1)."""
   o = config.optim
-  schedule = optax.warmup_cosine_decay_schedule(
+  return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=o.lr, warmup_steps=o.warmup_steps,
       decay_steps=max(o.decay_steps or config.train.steps, o.warmup_steps + 1),
       end_value=o.lr * o.final_lr_fraction)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW with warmup + cosine decay and global-norm clipping; non-finite updates skipped."""
+  o = config.optim
   tx = optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                   optax.adamw(schedule, weight_decay=o.weight_decay))
+                   optax.adamw(learning_rate_schedule(config), weight_decay=o.weight_decay))
   # A NaN/Inf gradient (for example from a corrupt batch) leaves the parameters as they
   # were and is counted in the optimiser state, reported as `skipped_steps`. The wrapper
   # never gives up and applies a non-finite update (its counter saturates below this
@@ -364,6 +416,7 @@ def train(config, workdir: str | os.PathLike, *, dataset: Dataset | None = None,
 
 def _train(config, workdir: pathlib.Path, *, dataset: Dataset | None, force: bool):
   from tqdm import auto as tqdm
+  profiled = summaries.profile_steps(config) is not None  # a malformed value stops here
   dataset = dataset if dataset is not None else load_dataset(config)
   mesh = make_mesh()
   preflight.check_training_data(config, dataset, mesh.size)
@@ -392,6 +445,7 @@ def _train(config, workdir: pathlib.Path, *, dataset: Dataset | None, force: boo
     state = initial_state()
   start = int(state.step)
   log = MetricsLog(workdir / "metrics.jsonl", after_step=start) if primary else None
+  schedule = jax.jit(learning_rate_schedule(config))  # one small program, not op by op
   total = config.train.steps
   try:
     with jax.set_mesh(mesh), tqdm.tqdm(total=total, initial=start, desc=config.method,
@@ -406,14 +460,20 @@ def _train(config, workdir: pathlib.Path, *, dataset: Dataset | None, force: boo
         if step % config.train.log_every == 0 or step == total:
           host = jax.device_get(metrics)  # replicated scalars: every process holds them
           if log is not None:
-            log.write(step, host)
+            # The rate of the last applied update (skipped ones leave the schedule's count),
+            # from the schedule on the host: the jitted step stays as it is.
+            applied = step - int(host["skipped_steps"])
+            log.write(step, dict(host, learning_rate=float(schedule(max(applied - 1, 0)))))
           bar.set_postfix(loss=f"{float(host['loss']):.3f}")
           if streak:
             logging.warning("step %d: non-finite gradients; the update was skipped", step)
         if step % config.train.checkpoint_every == 0 or step == total:
           ckpt.save(step, state, {"input_state": batches.get_state(), "step": step})
 
-      state = run_calls(config, call_fn, state, batches, start, total, after_call)
+      # Only process 0 traces (the others split their calls at the profiled steps alike).
+      profiling = ({"profile_dir": workdir / summaries.PROFILE_DIR}
+                   if profiled and primary else {})
+      state = run_calls(config, call_fn, state, batches, start, total, after_call, **profiling)
   finally:
     batches.close()
     ckpt.close()  # waits for a save in flight, also when the run stops with an error
@@ -434,7 +494,8 @@ def _train(config, workdir: pathlib.Path, *, dataset: Dataset | None, force: boo
 SYNC_EVERY_CALL_BACKENDS = ("cpu",)
 
 
-def run_calls(config, call_fn, state, batches, start: int, stop: int, after_call=None):
+def run_calls(config, call_fn, state, batches, start: int, stop: int, after_call=None, *,
+              profile_dir: pathlib.Path | None = None):
   """The training loop proper: calls of `call_fn` from step `start` to `stop`.
 
   A call runs up to train.steps_per_call updates and ends at every log and checkpoint
@@ -444,32 +505,60 @@ def run_calls(config, call_fn, state, batches, start: int, stop: int, after_call
   checkpoints, the non-finite guard), with n the updates since it last ran and `streak`
   the longest run of skipped updates among them.
 
+  Profiling (`train.profile_steps = "A:B"`): calls also end before step A and at step B,
+  so that exactly steps A..B run inside a `jax.profiler` trace written to `profile_dir`
+  (None: this process traces nothing); the trace waits for the devices at its ends. Each
+  call is a `StepTraceAnnotation("train", step_num=<its first step>)`.
+
   Returns the final state.
   """
   every_call = jax.default_backend() in SYNC_EVERY_CALL_BACKENDS
-  step, since, worst = start, 0, None
-  while step < stop:
-    n = min(config.train.steps_per_call, stop - step,
-            _until_multiple(step, config.train.log_every),
-            _until_multiple(step, config.train.checkpoint_every))
-    state, metrics = call_fn(state, batches.data, batches.call_inputs(step, n))
-    step, since = step + n, since + n
-    # The streak counts consecutive skipped updates across calls, so the maximum over the
-    # calls since the last wait misses none; it stays on the device until then.
-    streak = metrics["nonfinite_streak"]
-    worst = streak if worst is None else jnp.maximum(worst, streak)
-    if every_call or step == stop or step % config.train.log_every == 0 or (
-        step % config.train.checkpoint_every == 0):
-      longest = int(jax.device_get(worst))  # waits for the call
-      if after_call is not None:
-        after_call(step, since, state, metrics, longest)
-      since, worst = 0, None
+  span = summaries.profile_steps(config)
+  step, since, worst, tracing = start, 0, None, False
+  try:
+    while step < stop:
+      n = min(config.train.steps_per_call, stop - step,
+              _until_multiple(step, config.train.log_every),
+              _until_multiple(step, config.train.checkpoint_every),
+              _until_profile_edge(step, span))
+      if profile_dir is not None and not tracing and span[0] <= step + 1 <= span[1]:
+        jax.block_until_ready(state)  # earlier calls stay out of the trace
+        jax.profiler.start_trace(str(profile_dir), create_perfetto_trace=True)
+        tracing = True
+      with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
+        state, metrics = call_fn(state, batches.data, batches.call_inputs(step, n))
+      step, since = step + n, since + n
+      if tracing and step >= span[1]:
+        jax.block_until_ready((state, metrics))  # the trace holds the devices' work
+        tracing = False
+        jax.profiler.stop_trace()
+      # The streak counts consecutive skipped updates across calls, so the maximum over the
+      # calls since the last wait misses none; it stays on the device until then.
+      streak = metrics["nonfinite_streak"]
+      worst = streak if worst is None else jnp.maximum(worst, streak)
+      if every_call or step == stop or step % config.train.log_every == 0 or (
+          step % config.train.checkpoint_every == 0):
+        longest = int(jax.device_get(worst))  # waits for the call
+        if after_call is not None:
+          after_call(step, since, state, metrics, longest)
+        since, worst = 0, None
+  finally:
+    if tracing:  # the run stopped (an error, or `stop`) inside the profiled steps
+      jax.profiler.stop_trace()
   return state
 
 
 def _until_multiple(step: int, every: int) -> int:
   """Updates from `step` to the next multiple of `every`."""
   return every - step % every
+
+
+def _until_profile_edge(step: int, span: tuple[int, int] | None) -> int | float:
+  """Updates from `step` to the next edge of the profiled steps (A - 1 or B), or inf."""
+  if span is None:
+    return float("inf")
+  first, last = span
+  return next((edge - step for edge in (first - 1, last) if edge > step), float("inf"))
 
 
 def nonfinite_message(config, step: int, streak: int, metrics: dict,
@@ -525,17 +614,27 @@ def train_and_evaluate(config, workdir, *, force: bool = False, dataset: Dataset
     return evaluate_and_write(config, model, params, dataset, workdir)
 
 
-def evaluate_and_write(config, model, params, dataset: Dataset, workdir) -> dict:
+def evaluate_and_write(config, model, params, dataset: Dataset, workdir, *,
+                       step: int | None = None) -> dict:
   """`evaluate`, then workdir/results.json; returns its content.
+
+  The results (as `eval/<method>/...` scalars) and the figures the evaluation wrote are
+  added to the workdir's TensorBoard events at `step`, the step of `params` (default: the
+  step the workdir's training ended at, `summaries.trained_step`).
 
   In a multi-process run every process evaluates the whole held-out set on its own copy
   of the parameters (the same numbers everywhere); process 0 writes the results.
   """
   primary = distributed.is_primary()
+  figures_before = summaries.figure_times(workdir) if primary else {}
   results = evaluate(config, model, local_copy(params), dataset, workdir if primary else None)
   out = {"dataset": dataset.name, "results": results}
   if primary:
     files.write_json(pathlib.Path(workdir) / "results.json", out)
+    summaries.write_outputs(
+        workdir, summaries.trained_step(workdir) if step is None else step,
+        results={"eval": results},
+        figures=summaries.figures_written_since(workdir, figures_before))
   return out
 
 
@@ -570,5 +669,5 @@ def evaluate_workdir(config, workdir):
     preflight.check_evaluation_data(config, dataset)
     trained_on = training_dataset(config, dataset)
     model = make_model(config, trained_on)
-    _, state = restore_latest(config, model, trained_on, workdir)
-    return evaluate_and_write(config, model, state.params, dataset, workdir)
+    step, state = restore_latest(config, model, trained_on, workdir)
+    return evaluate_and_write(config, model, state.params, dataset, workdir, step=step)

@@ -537,9 +537,9 @@ def test_allen_bad_inputs(tmp_path):
 
 def test_load_registry(tmp_path, monkeypatch):
   assert set(readers.READERS) == {"simulator", "cowley_v4", "allen_natural_scenes",
-                                  "sensorium", "npz"}
-  with raises("unknown dataset kind 'nwb'", "choices", "cowley_v4", "simulator"):
-    readers.load("nwb")
+                                  "sensorium", "npz", "nwb"}
+  with raises("unknown dataset kind 'hdf5'", "choices", "cowley_v4", "nwb", "simulator"):
+    readers.load("hdf5")
   calls = []
   expected = Dataset("sim", (small_recording(),))
   fake = types.ModuleType("jaxvna.data.simulator")

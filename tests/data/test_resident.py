@@ -19,11 +19,11 @@ def dataset():
 
 
 def draws(data, steps, *, batch_size, seed=0, response_mode="trial", weighting="size",
-          sharding=None, first_step=0):
+          sharding=None, first_step=0, sharded_mesh=None):
   """Host copies of the batches of `steps` consecutive steps."""
   fn = jax.jit(functools.partial(resident.draw, seed=seed, batch_size=batch_size,
                                  response_mode=response_mode, weighting=weighting,
-                                 sharding=sharding))
+                                 sharding=sharding, sharded_mesh=sharded_mesh))
   out = []
   for step in range(first_step, first_step + steps):
     offsets = resident.stream_offsets(step, batch_size, data.num_members, weighting)
@@ -118,17 +118,26 @@ def test_nested_fraction_draws_only_the_kept_records(dataset):
   assert set(ids.tolist()) == kept and len(kept) == len(source) == 30
 
 
-def test_batches_depend_only_on_seed_and_step_not_on_devices(dataset):
-  data = resident.arrays(dataset, "train")
-  one = draws(data, 3, batch_size=16, first_step=7)
+@pytest.mark.parametrize("response_mode", pipeline.RESPONSE_MODES)
+def test_batches_depend_only_on_seed_and_step_not_on_devices_or_placement(dataset,
+                                                                         response_mode):
+  """1 device vs 8, the split replicated vs split by rows (90 records: not a multiple of 8,
+  so the last shards hold padding)."""
+  data = resident.arrays(dataset, "train", response_mode=response_mode)
+  assert len(data.subjects) % 8
+  one = draws(data, 3, batch_size=16, first_step=7, response_mode=response_mode)
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  placed = resident.place(data, mesh)
-  with jax.set_mesh(mesh):
-    eight = draws(placed, 3, batch_size=16, first_step=7,
-                  sharding=NamedSharding(mesh, P("data")))
-  for a, b in zip(one, eight):
-    for k in a:
-      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  for sharded in (False, True):
+    placed = resident.place(data, mesh, sharded=sharded)
+    if sharded:
+      assert placed.images.addressable_shards[0].data.shape[0] == -(-len(data.subjects) // 8)
+    with jax.set_mesh(mesh):
+      eight = draws(placed, 3, batch_size=16, first_step=7, response_mode=response_mode,
+                    sharding=NamedSharding(mesh, P("data")),
+                    sharded_mesh=mesh if sharded else None)
+    for a, b in zip(one, eight):
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=(sharded, k))
   other_seed = draws(data, 1, batch_size=16, first_step=7, seed=1)[0]
   assert not np.array_equal(other_seed["stimulus_id"], one[0]["stimulus_id"])
 
@@ -158,9 +167,14 @@ def test_batches_equal_the_host_pipelines_to_the_bit(dataset, response_mode, wei
 def test_expected_size_is_known_before_the_arrays_are_built(dataset):
   for response_mode in pipeline.RESPONSE_MODES:
     data = resident.arrays(dataset, "train", response_mode=response_mode)
-    expected = resident.expected_nbytes(dataset, "train", response_mode=response_mode)
-    # exact per record; the small per-subject tables within 4 bytes a record
-    assert abs(expected - resident.nbytes(data)) <= 4 * len(data.subjects) + 64
+    for shards in (1, 8):
+      expected = resident.expected_nbytes(dataset, "train", response_mode=response_mode,
+                                          shards=shards)
+      # exact per record; the small per-subject tables within 4 bytes a record
+      assert abs(expected - resident.nbytes(data, shards)) <= 4 * len(data.subjects) + 64
+    # Only the images and responses are split, each device holding ceil(n / 8) rows.
+    n, per_row = len(data.subjects), (data.images[0].nbytes + data.responses[0].nbytes)
+    assert resident.nbytes(data) - resident.nbytes(data, 8) == (n - -(-n // 8)) * per_row
   half = resident.expected_nbytes(dataset, "train", fraction=0.5)
   assert half < resident.expected_nbytes(dataset, "train") * 0.55
 

@@ -138,6 +138,19 @@ def test_prepared_source_gives_the_records_and_batches_of_the_in_memory_source(
     for key in x:
       np.testing.assert_array_equal(x[key], y[key], err_msg=key)
     assert x["stimulus_id"].dtype == np.int64
+  # Nested fractions keep the same records; `take` stacks what indexing gives.
+  for fraction in (0.5, 1.0):
+    part = tfds_builders.PreparedSource(path, "train", fraction=fraction, subset_seed=3)
+    same = pipeline.DatasetSource(dataset, "train", fraction=fraction, subset_seed=3)
+    assert len(part) == len(same) < len(memory) + (fraction == 1.0)
+    rows = np.array([len(same) - 1, 0, 1, 0])
+    taken, expected = part.take(rows), same.take(rows)
+    assert taken.keys() == expected.keys()
+    for key in taken:
+      np.testing.assert_array_equal(taken[key], expected[key], err_msg=key)
+      assert taken[key].dtype == expected[key].dtype, key
+  with pytest.raises(IndexError):
+    prepared[len(prepared)]
   # On device (64-bit types off) ids must fit int32; these do not, and the error says so.
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   with pytest.raises(DataError, match="do not fit int32"):

@@ -98,17 +98,19 @@ def _final_params(workdir):
   return jax.tree.map(np.asarray, state.params)
 
 
-@pytest.mark.parametrize("placement", ["host", "device"])
-def test_multihost_two_processes_match_one_process_through_a_resume(tmp_path, placement):
+@pytest.mark.parametrize("placements", [("host", "host"), ("sharded", "device")])
+def test_multihost_two_processes_match_one_process_through_a_resume(tmp_path, placements):
   """2 x 2 devices, stopped at step 10 and resumed to 20 == 1 x 4 devices for 20 steps,
-  with the host pipeline (each process reads its rows) or device-resident input (each
-  process holds the split; the batch is drawn from the seed and the step)."""
+  with the host pipeline (each process reads its rows) or device-resident input (the
+  batch drawn from the seed and the step): steps 1-10 with each process holding only its
+  devices' rows of the split ("sharded"), 11-20 with each holding all of it ("device")."""
   logs = tmp_path / "logs"
   single, multi = tmp_path / "single", tmp_path / "multi"
-  launch = functools.partial(_launch, logs=logs, placement=placement)
-  launch(single, STEPS, processes=1, devices=4)
-  launch(multi, STEPS // 2, processes=2, devices=2)
-  launch(multi, STEPS, processes=2, devices=2)  # restores step 10 collectively
+  launch = functools.partial(_launch, logs=logs)
+  launch(single, STEPS, processes=1, devices=4, placement=placements[1])
+  launch(multi, STEPS // 2, processes=2, devices=2, placement=placements[0])
+  # Restores step 10 collectively.
+  launch(multi, STEPS, processes=2, devices=2, placement=placements[1])
 
   # Process 0 alone logs: every step once, across both launches.
   rows_single, rows_multi = _metrics(single), _metrics(multi)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jaxvna.configs import common, vna_sim
-from jaxvna.data import readers
+from jaxvna.data import readers, resident
 from jaxvna.training import checkpoint, train
 
 TINY_DATA = dict(seed=0, num_subjects=2, num_images=600, image_size=32,
@@ -154,25 +154,57 @@ def test_auto_placement_follows_the_budget_and_placements_resume_each_other(tmp_
                                                                             tiny_dataset):
   config = tiny_config(steps=2)
   mesh = train.make_mesh()
-  assert config.data.placement == "auto"
-  assert isinstance(train.make_input(config, tiny_dataset, mesh), train.DeviceInput)
-  config.data.device_memory_mb = 0.01
-  assert isinstance(train.make_input(config, tiny_dataset, mesh), train.HostInput)
+  assert config.data.placement == "auto" and mesh.size == 8
+  replicated_mb = resident.expected_nbytes(tiny_dataset) / 2**20
+  sharded_mb = resident.expected_nbytes(tiny_dataset, shards=8) / 2**20
+  for budget, placement, kind in ((replicated_mb, "device", train.DeviceInput),
+                                  ((replicated_mb + sharded_mb) / 2, "sharded",
+                                   train.DeviceInput),
+                                  (sharded_mb * 0.9, "host", train.HostInput)):
+    config.data.device_memory_mb = budget
+    assert train.choose_placement(config, tiny_dataset, mesh.size) == placement
+    made = train.make_input(config, tiny_dataset, mesh)
+    assert isinstance(made, kind)
+    if placement == "sharded":
+      assert made.data.images.sharding.spec == jax.sharding.PartitionSpec("data")
   config.data.placement = "device"  # whatever the budget
   assert isinstance(train.make_input(config, tiny_dataset, mesh), train.DeviceInput)
   config.data.placement = "gpu"
   with pytest.raises(ValueError, match="data.placement"):
     train.make_input(config, tiny_dataset, mesh)
-  # Both draw the same batches: host to 10 steps, device to 20, host to 30 equals host
-  # all the way.
+  # All draw the same batches: host to 10 steps, sharded to 20, replicated to 30 equals
+  # replicated all the way.
   config = tiny_config(steps=30)
   config.optim.decay_steps = 30
   train.train(config, tmp_path / "straight", dataset=tiny_dataset)
-  for placement, steps in (("host", 10), ("device", 20), ("host", 30)):
+  for placement, steps in (("host", 10), ("sharded", 20), ("device", 30)):
     config.data.placement, config.train.steps = placement, steps
     train.train(config, tmp_path / "switched", dataset=tiny_dataset)
   digest = lambda d: json.loads((tmp_path / d / "summary.json").read_text())["params_digest"]
   assert digest("switched") == digest("straight")
+
+
+def test_training_from_a_prepared_copy_reads_its_records_and_gives_the_same_run(
+    tmp_path, tiny_dataset, monkeypatch):
+  from jaxvna.data import tfds_builders
+  path = tfds_builders.prepare("simulator", tmp_path / "tfds", reader_kwargs=TINY_DATA)
+  config = tiny_config(steps=12)
+  config.data.placement = "host"
+  train.train(config, tmp_path / "memory", dataset=tiny_dataset)
+  config.data.source, config.data.prepared_dir = "prepared", str(path)
+  taken = []
+  take = tfds_builders.PreparedSource.take
+  monkeypatch.setattr(tfds_builders.PreparedSource, "take",
+                      lambda self, indices: taken.append(len(indices)) or take(self, indices))
+  train.train(config, tmp_path / "prepared")  # the dataset, too, comes from the copy
+  assert sum(taken) >= 12 * config.train.batch_size  # batches read from the records
+  digest = lambda d: json.loads((tmp_path / d / "summary.json").read_text())["params_digest"]
+  assert digest("prepared") == digest("memory")
+  for source, folder, message in (("disk", str(path), "data.source"),
+                                  ("prepared", "", "data.prepared_dir")):
+    config.data.source, config.data.prepared_dir = source, folder
+    with pytest.raises(ValueError, match=message):
+      train.load_dataset(config)
 
 
 def test_resume_on_another_device_count(tmp_path):

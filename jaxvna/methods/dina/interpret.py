@@ -433,13 +433,17 @@ def interpret(config, model, params, dataset: Dataset, workdir) -> dict:
 def run(config, workdir, *, force: bool = False) -> dict:
   """`jaxvna interpret`: trains (or finishes) the DINA run in workdir, interprets it and
   writes workdir/interpret.json."""
-  from jaxvna.training import train
+  from jaxvna.training import summaries, train
   if config.method != "dina":
     raise errors.ConfigError(f"jaxvna interpret explains DINA models; config.method is "
                      f"{config.method!r} (use e.g. configs/dina_sim.py)")
   model, params, dataset = train.train(config, workdir, force=force)
   out = interpret(config, model, params, dataset, workdir)
   files.write_json(pathlib.Path(workdir) / "interpret.json", out)
+  summaries.write_outputs(workdir, summaries.trained_step(workdir),
+                          results={"interpret": out},
+                          figures=[pathlib.Path(workdir) / f for f in out["files"]
+                                   if f.endswith(summaries.FIGURE_SUFFIX)])
   return out
 
 

@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvna import errors, files
-from jaxvna.data import Dataset, readers
+from jaxvna.data import Dataset
 from jaxvna.evaluation import discriminative, disentanglement
 from jaxvna.methods.migvis import diffusion
 from jaxvna.methods.migvis import modules as migvis
@@ -331,16 +331,17 @@ def critic_mi_bounds(config, critic, critic_params, encoder: GroupEncoder,
 
 def load_data(config):
   """(dataset, SimulatorModel or None): the simulator's model comes with its data."""
-  if config.data.kind == "simulator":
+  from jaxvna.training import train
+  if config.data.kind == "simulator" and not train.prepared_source(config):
     from jaxvna.data import simulator
     return simulator.simulate_with_model(**config.data.kwargs)
-  return readers.load(config.data.kind, **config.data.kwargs), None
+  return train.load_dataset(config), None
 
 
 def visualize(config, workdir, *, force: bool = False) -> dict:
   """`jaxvna visualize`: trains (or resumes) the stages, edits, writes visualize.json and
   the grids (module docstring). Returns the visualize.json content."""
-  from jaxvna.training import train
+  from jaxvna.training import summaries, train
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   ev, groups = config.eval.migvis, tuple(config.migvis.groups)
@@ -420,6 +421,11 @@ def visualize(config, workdir, *, force: bool = False) -> dict:
     figures.append(path.name)
   results["figures"] = figures
   files.write_json(workdir / "visualize.json", results)
+  # TensorBoard, beside the stages' runs (W/<stage>): at the step of the diffusion model
+  # that made the edits.
+  summaries.write_outputs(workdir, config.stages.diffusion.steps,
+                          results={"visualize": results},
+                          figures=[workdir / f for f in figures])
   print(json.dumps({k: results[k] for k in ("target_shift", "offtarget_shift",
                                             "unguided_shift", "target_met")}, indent=1))
   print(f"results: {workdir / 'visualize.json'}   figures: {', '.join(figures)}")
