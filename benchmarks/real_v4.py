@@ -22,38 +22,13 @@ flags.DEFINE_string("workdir", "workdir_v4", "Output folder.")
 flags.DEFINE_string("n_way", "10", "The N of the table.")
 FLAGS = flags.FLAGS
 
-METHODS = ("vna", "direct_encoding", "direct_decoding", "gabor_ridge")
-
-
-def _cell(r):
-  lo, hi = r["top1_ci95"]
-  return f"{r['top1']:.3f} [{lo:.2f}, {hi:.2f}]"
-
-
-def table(results: dict, n_way: str) -> str:
-  sessions = list(results["vna"]["per_subject"])
-  head = ("| session | task | " + " | ".join(METHODS) + " | VNA beats both direct "
-          "(CIs apart) |\n|---|---|" + "---|" * (len(METHODS) + 1))
-  rows = [head]
-  for s in sessions:
-    for task in ("decoding", "encoding"):
-      cells = {m: results[m]["per_subject"][s][task][n_way] for m in METHODS if m in results}
-      vna_lo = cells["vna"]["top1_ci95"][0]
-      beats = all(vna_lo > cells[m]["top1_ci95"][1] for m in ("direct_encoding",
-                                                               "direct_decoding"))
-      rows.append(f"| {s} | {task} | " + " | ".join(_cell(cells[m]) for m in METHODS
-                                                   if m in cells)
-                  + f" | {'yes' if beats else 'no'} |")
-  return "\n".join(rows)
-
-
 def main(argv):
   del argv
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   from jaxvna.commands import demo
   out = demo.run(FLAGS.config, FLAGS.workdir)
-  text = table(out["results"], FLAGS.n_way)
+  text = demo.per_subject_table(out["results"], FLAGS.n_way)
   (pathlib.Path(FLAGS.workdir) / "v4_table.md").write_text(text + "\n")
   print(f"\n{FLAGS.n_way}-way top-1 [95% CI over candidate draws], trial-averaged responses\n")
   print(text)

@@ -64,6 +64,26 @@ def results_table(results: dict) -> str:
   return "top-1 accuracy, trial-averaged responses, mean over subjects [95% CI]\n" + "\n".join(lines)
 
 
+TABLE_METHODS = ("vna", "direct_encoding", "direct_decoding", "gabor_ridge")
+
+
+def per_subject_table(results: dict, n_way: str = "10") -> str:
+  """Markdown: each subject's N-way top-1 [95% CI] of VNA, the direct baselines and the
+  ridge reference per task, and whether VNA's CI lies above both direct baselines'."""
+  methods = [m for m in TABLE_METHODS if m in results]
+  cell = lambda r: f"{r['top1']:.3f} [{r['top1_ci95'][0]:.2f}, {r['top1_ci95'][1]:.2f}]"
+  rows = ["| session | task | " + " | ".join(methods) + " | VNA beats both direct "
+          "(CIs apart) |", "|---|---|" + "---|" * (len(methods) + 1)]
+  for subject in results["vna"]["per_subject"]:
+    for task in ("decoding", "encoding"):
+      cells = {m: results[m]["per_subject"][subject][task][n_way] for m in methods}
+      beats = all(cells["vna"]["top1_ci95"][0] > cells[m]["top1_ci95"][1]
+                  for m in ("direct_encoding", "direct_decoding"))
+      rows.append(f"| {subject} | {task} | " + " | ".join(cell(cells[m]) for m in methods)
+                  + f" | {'yes' if beats else 'no'} |")
+  return "\n".join(rows)
+
+
 def plot_results(results: dict, path, *, title: str = "") -> None:
   """PNG: top-1 accuracy vs N for every method, one panel per task, chance dashed."""
   import matplotlib
