@@ -203,13 +203,8 @@ def _read_file(pynwb, path: pathlib.Path, *, presentations, image_column, start,
     coords = (units.coordinates(keep) if coordinates
               else np.zeros((keep.size, 0), np.float32))
 
-  inverse = np.searchsorted(ids, index)
-  num_repeats = np.bincount(inverse, minlength=ids.size)
-  responses = np.full((ids.size, int(num_repeats.max()), keep.size), np.nan, np.float32)
-  filled = np.zeros(ids.size, np.int64)
-  for p, i in enumerate(inverse):  # in time order: repeat r is the r-th showing
-    responses[i, filled[i]] = counts[p]
-    filled[i] += 1
+  # In time order: repeat r is the r-th showing.
+  _, responses, _ = readers.group_repeats(index, counts)
   split = readers.hashed_split([int(i).to_bytes(8, "little", signed=True) for i in ids],
                                split_fractions, split_seed)
   return Recording(name=path.stem, images=image_array, responses=responses,

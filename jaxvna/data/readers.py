@@ -137,6 +137,29 @@ def hashed_split(keys: Sequence[bytes], fractions: Sequence[float], seed: int) -
   return np.searchsorted(edges, u, side="right").astype(np.int8)
 
 
+def group_repeats(image_ids: np.ndarray, responses: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Presentations of one image as its repeats, in presentation order.
+
+  Args:
+    image_ids: (P,) the image of each presentation.
+    responses: (P, K) the response to each presentation.
+
+  Returns:
+    (ids, grouped, inverse): (N,) the distinct images, sorted; (N, R, K) float32
+    responses, R the most presentations of one image, NaN-padded; (P,) each
+    presentation's index in `ids`.
+  """
+  ids, inverse, counts = np.unique(image_ids, return_inverse=True, return_counts=True)
+  inverse = inverse.ravel()
+  order = np.argsort(inverse, kind="stable")  # by image, presentation order within
+  repeat = np.empty(len(inverse), np.int64)
+  repeat[order] = np.arange(len(inverse)) - np.repeat(np.cumsum(counts) - counts, counts)
+  grouped = np.full((ids.size, int(counts.max()), responses.shape[1]), np.nan, np.float32)
+  grouped[inverse, repeat] = responses
+  return ids, grouped, inverse
+
+
 def natural_key(name: str) -> list:
   """Sort key that orders 'image2' before 'image10'."""
   return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
@@ -457,17 +480,14 @@ def _read_sensorium_folder(folder: pathlib.Path, hw: tuple[int, int] | None) -> 
   trials, responses = trials[keep], responses[keep]
 
   # Repeated presentations of one image become repeats of that image (sorted by id).
-  image_ids, first, inverse, counts = np.unique(
-      frame_ids[trials], return_index=True, return_inverse=True, return_counts=True)
-  num_images, num_repeats, num_neurons = len(image_ids), int(counts.max()), responses.shape[1]
-  grouped = np.full((num_images, num_repeats, num_neurons), np.nan, np.float32)
+  image_ids, grouped, inverse = group_repeats(frame_ids[trials], responses)
+  first = np.full(len(image_ids), len(trials))  # each image's first trial, for messages
+  np.minimum.at(first, inverse, np.arange(len(trials)))
+  num_images, num_neurons = len(image_ids), responses.shape[1]
   split = np.empty(num_images, np.int8)
-  filled = np.zeros(num_images, np.int64)
   images: list[np.ndarray | None] = [None] * num_images
   image_max = 0.0
-  for j, (t, i) in enumerate(zip(trials, inverse)):
-    grouped[i, filled[i]] = responses[j]
-    filled[i] += 1
+  for t, i in zip(trials, inverse):
     tier_split = split_index(SENSORIUM_TIERS[tiers[t]], source=str(tiers_path))
     path = data_dir / "images" / f"{t}.npy"
     image = _sensorium_image(path)

@@ -22,6 +22,7 @@ code adds to.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -126,15 +127,26 @@ def place(data: Resident, mesh, *, sharded: bool = False) -> Resident:
   for field, x in zip(Resident._fields, data):
     if x is None:
       placed.append(None)
-      continue
-    sharding = replicated
-    if sharded and field in SHARDED_FIELDS:
-      sharding = by_rows
-      padding = -x.shape[0] % mesh.shape["data"]
-      x = np.concatenate([x, np.zeros((padding, *x.shape[1:]), x.dtype)]) if padding else x
-    placed.append(jax.make_array_from_callback(x.shape, sharding,
-                                               lambda index, x=x: x[index]))
+    elif sharded and field in SHARDED_FIELDS:
+      rows = x.shape[0] + -x.shape[0] % mesh.shape["data"]
+      placed.append(jax.make_array_from_callback((rows, *x.shape[1:]), by_rows,
+                                                 functools.partial(_padded_rows, x, rows)))
+    else:
+      placed.append(jax.make_array_from_callback(x.shape, replicated,
+                                                 lambda index, x=x: x[index]))
   return Resident(*placed)
+
+
+def _padded_rows(x: np.ndarray, num_rows: int, index: tuple) -> np.ndarray:
+  """x zero-padded to `num_rows` rows, at `index`: the padding of a sharded placement,
+  built per shard rather than as a padded copy of x."""
+  start, stop, _ = index[0].indices(num_rows)
+  rest = index[1:]
+  block = x[min(start, x.shape[0]):min(stop, x.shape[0])]
+  missing = stop - start - block.shape[0]
+  if missing:
+    block = np.concatenate([block, np.zeros((missing, *x.shape[1:]), x.dtype)])
+  return block[(slice(None), *rest)]
 
 
 def _take(x, mesh, index, *more):

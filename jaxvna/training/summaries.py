@@ -46,7 +46,6 @@ import numpy as np
 from jaxvna.errors import ConfigError
 from jaxvna.training import distributed
 
-EVENTS_GLOB = "events.out.tfevents.*"
 PROFILE_DIR = "profile"
 FIGURE_SUFFIX = ".png"
 
