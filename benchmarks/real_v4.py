@@ -1,15 +1,18 @@
 """Real-data comparison: VNA vs direct encoding vs direct decoding vs Gabor-ridge on every
 Cowley et al. (2023) macaque V4 session, held-out images, 10-way top-1 per session.
 
-  python benchmarks/real_v4.py --workdir=W [--config=configs/vna_cowley_v4.py] \
-      [--config.data.root=PATH] [--config.train.steps=...]
+  python benchmarks/real_v4.py --workdir=W [--results=results/v4.json] \
+      [--plot=docs/v4.png] [--config=configs/vna_cowley_v4.py] [--config.train.steps=...]
 
 Trains one model per method on all sessions together (each session its own neurons and
 read-in), evaluates each session's held-out images, writes W/results.json (as `jaxvna
-demo`), W/demo.png and W/v4_table.md, and prints the Markdown table.
+demo`, with the null controls and the provenance), W/demo.png and W/v4_table.md, prints
+the Markdown table, and copies the result file and the plot where --results and --plot say
+(`jaxvna reproduce v4` runs this command again).
 """
 
 import pathlib
+import shutil
 import sys
 
 from absl import app, flags
@@ -20,6 +23,8 @@ config_flags.DEFINE_config_file("config", str(REPO / "configs" / "vna_cowley_v4.
                                 "Run config.", lock_config=True)
 flags.DEFINE_string("workdir", "workdir_v4", "Output folder.")
 flags.DEFINE_string("n_way", "10", "The N of the table.")
+flags.DEFINE_string("results", None, "Copy W/results.json here (e.g. results/v4.json).")
+flags.DEFINE_string("plot", None, "Copy W/demo.png here (e.g. docs/v4.png).")
 FLAGS = flags.FLAGS
 
 def main(argv):
@@ -32,6 +37,9 @@ def main(argv):
   (pathlib.Path(FLAGS.workdir) / "v4_table.md").write_text(text + "\n")
   print(f"\n{FLAGS.n_way}-way top-1 [95% CI over candidate draws], trial-averaged responses\n")
   print(text)
+  for name, destination in (("results.json", FLAGS.results), ("demo.png", FLAGS.plot)):
+    if destination:
+      shutil.copyfile(pathlib.Path(FLAGS.workdir) / name, destination)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,24 @@ MODEL = dict(
 )
 
 
+# `jaxvna new_subject`: a held-out subject's accuracy against the number of its images used
+# (jaxvna/commands/new_subject.py).
+NEW_SUBJECT = dict(
+    methods=("vna", "mivae"),  # curves; a method whose block (mivae) the config lacks is skipped
+    held_out=(),               # () = mivae.holdout_subjects where set, else the last recording
+    image_counts=(0, 25, 50, 100, 200, -1),  # -1 = all of the subject's training images
+    readin_steps=300,          # VNA: AdamW steps of the new read-in, the towers frozen
+    readin_learning_rate=1e-2,
+    seed=0,                    # the image permutations and the read-in's initialisation
+    n_way=10,                  # the N of the plot and table (one of eval.n_ways)
+)
+
+
+def new_subject(**fields) -> ml_collections.ConfigDict:
+  """The `new_subject` block with every field at its default but `fields`."""
+  return _block(NEW_SUBJECT, fields, "new_subject")
+
+
 def _block(defaults: dict, fields: dict, where: str, **head) -> ml_collections.ConfigDict:
   unknown = sorted(set(fields) - set(defaults))
   if unknown:

@@ -77,6 +77,14 @@ def get_config(arg: str = "vna"):
 
   c.eval = ml_collections.ConfigDict(dict(
       split="test", n_ways=(2, 10, 50, 100, "all"), draws=200, seed=0, gabor_ridge=True))
+  # The null control: the same training again with image-response pairs shuffled within
+  # each subject's training split (workdir/null_control), evaluated the same way; its
+  # identification must sit at chance (results.json: "null_control"). It doubles
+  # training, so None means the command's default: on in `jaxvna demo`, off in `train`.
+  c.eval.null_control = ml_collections.config_dict.placeholder(bool)
+
+  # `jaxvna new_subject` (every field: configs/common.py).
+  c.new_subject = common.new_subject()
   if tiny:
     make_tiny(c)
   return c

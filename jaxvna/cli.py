@@ -12,9 +12,15 @@ Commands:
              (workdir/visualize.json, migvis_group*.png).
   scaling  train on nested fractions of the training images, fit error(n) = a * n^b + c
            with bootstrap CIs (workdir/scaling.json, scaling.csv, scaling.png).
+  new_subject  hold subjects out, train VNA and miVAE on the others, then score each
+               held-out subject against the number of its images used (VNA: a new
+               read-in on frozen towers; miVAE: zero-shot) (workdir/new_subject.json,
+               new_subject.csv, new_subject.png).
   bench  time the configured training step against the CPU's matmul peak.
   dryrun  compile the training step for --devices fake CPU devices without running it;
           print per-device memory and FLOPs per step (default config vna_pod.py).
+  reproduce <name>  re-run the command that wrote results/<name>.json (or a result file's
+          path) and print how its numbers moved (--dry_run: print the command).
 """
 
 from __future__ import annotations
@@ -70,6 +76,11 @@ def _scaling(config, flags) -> None:
   scaling.run(config, flags.workdir, force=flags.force)
 
 
+def _new_subject(config, flags) -> None:
+  from jaxvna.commands import new_subject
+  new_subject.run(config, flags.workdir, force=flags.force)
+
+
 def _bench(config, flags) -> None:
   from jaxvna.commands import bench
   bench.run(config)
@@ -105,6 +116,7 @@ COMMANDS: dict[str, Command] = {
     "interpret": Command(_method_verb("interpret"), "dina_sim.py", holds_workdir=True),
     "visualize": Command(_method_verb("visualize"), "migvis_sim.py", holds_workdir=True),
     "scaling": Command(_scaling, "scaling_sim.py", holds_workdir=True),
+    "new_subject": Command(_new_subject, "mivae_sim.py", holds_workdir=True),
     "dryrun": Command(_dryrun, "vna_pod.py"),
 }
 
@@ -205,6 +217,8 @@ def run(argv=None):
     print(_usage())
     return 0 if len(argv) >= 2 else 2
   command = argv[1]
+  if command == "reproduce":
+    return _reproduce(argv[2:])
   if command not in COMMANDS:
     print(f"jaxvna: unknown command {command!r}; expected one of {tuple(COMMANDS)}\n",
           file=sys.stderr)
@@ -214,6 +228,26 @@ def run(argv=None):
   flags_values = _define_flags(command)
   app.run(lambda _: _main_reporting_user_errors(command, flags_values),
           argv=[f"jaxvna {command}"] + argv[2:])
+
+
+def _reproduce(args: list[str]) -> int:
+  """`jaxvna reproduce <name> [--dry_run]`: no config; the result file names its command."""
+  from absl import app, flags
+  flags.DEFINE_bool("dry_run", False, "Print the recorded command without running it.")
+
+  def main(argv):
+    from jaxvna.commands import reproduce
+    from jaxvna.errors import UserError
+    if len(argv) != 2:
+      print("jaxvna reproduce: expected one result name (e.g. demo) or file", file=sys.stderr)
+      return 2
+    try:
+      reproduce.run(argv[1], dry_run=flags.FLAGS.dry_run)
+    except UserError as error:
+      print(f"jaxvna reproduce: error: {error}", file=sys.stderr)
+      return 2
+    return 0
+  app.run(main, argv=["jaxvna reproduce", *args])
 
 
 def _main_reporting_user_errors(command: str, flags_values) -> int:

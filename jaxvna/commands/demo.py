@@ -6,23 +6,31 @@ reference, with the same data and budget; a table and a plot.
 from __future__ import annotations
 
 import pathlib
+import time
 
 import jax
 
 from jaxvna import files, registry
+from jaxvna.data import dataset as dataset_lib
 from jaxvna.evaluation import discriminative
-from jaxvna.training import distributed, preflight, summaries, train, workdir_lock
+from jaxvna.training import (distributed, preflight, provenance, summaries, train,
+                             workdir_lock)
 
 def run(config, workdir, *, force: bool = False) -> dict:
   """Trains every method of the demo (`registry.in_demo`), each in workdir/<method>, fits
-  Gabor-ridge, prints and plots the table (workdir/results.json, workdir/demo.png)."""
+  Gabor-ridge, prints and plots the table (workdir/results.json, workdir/demo.png).
+
+  The null control is on unless `config.eval.null_control` is False: every method (and
+  the ridge) again on shuffled training pairs, in workdir/<method>/null_control.
+  """
+  started = time.time()
   preflight.check_config(config)
   workdir = pathlib.Path(workdir)
   with workdir_lock.hold(workdir, command="demo"):
-    return _demo(config, workdir, force=force)
+    return _demo(config, workdir, force=force, started=started)
 
 
-def _demo(config, workdir: pathlib.Path, *, force: bool) -> dict:
+def _demo(config, workdir: pathlib.Path, *, force: bool, started: float) -> dict:
   dataset = train.load_dataset(config)
   preflight.check_evaluation_data(config, dataset)
   method_configs = {}
@@ -32,16 +40,26 @@ def _demo(config, workdir: pathlib.Path, *, force: bool) -> dict:
       method_configs[method].method = method
     # Before any training: a method the data cannot train would fail only at its turn.
     preflight.check_training_data(method_configs[method], dataset, jax.device_count())
+  null_control = train.null_control_on(config, default=True)
   results = {}
   for method, method_config in method_configs.items():
-    out = train.train_and_evaluate(method_config, workdir / method, force=force, dataset=dataset)
+    out = train.train_and_evaluate(method_config, workdir / method, force=force,
+                                   dataset=dataset, null_control=null_control)
     results[method] = out["results"][method]
   if config.eval.gabor_ridge:
     results["gabor_ridge"] = discriminative.evaluate_gabor_ridge(config, dataset)
-  out = {"dataset": dataset.name, "results": results}
+    if null_control:
+      null = discriminative.evaluate_gabor_ridge(
+          config, dataset_lib.shuffle_training_pairs(dataset, seed=config.seed))
+      results["gabor_ridge"]["null_control"] = dict(
+          null, chance_check=discriminative.chance_check(null))
+  out = {"dataset": dataset.name, "results": results,
+         "provenance": provenance.record(config, dataset, started=started)}
   if distributed.is_primary():
     files.write_json(workdir / "results.json", out)
     print(results_table(results))
+    if null_control:
+      print("\n" + null_control_table(results))
     plot_results(results, workdir / "demo.png", title=f"{dataset.name}: held-out images")
     # TensorBoard: the table and the plot at the step every method trained to.
     summaries.write_outputs(workdir, config.train.steps, results={"eval": results},
@@ -62,6 +80,27 @@ def results_table(results: dict) -> str:
         cells.append(f"{r['top1']:.3f} [{r['top1_ci95'][0]:.2f},{r['top1_ci95'][1]:.2f}]")
       lines.append(f"{method:<17}{task:<10}" + "".join(f"{c:>18}" for c in cells))
   return "top-1 accuracy, trial-averaged responses, mean over subjects [95% CI]\n" + "\n".join(lines)
+
+
+def null_control_table(results: dict) -> str:
+  """The null controls: each method's subject-mean top-1 at every N of the check against
+  the band a ranking without information falls in (99%), and whether it sits there."""
+  checked = {m: r["null_control"]["chance_check"] for m, r in results.items()
+             if "chance_check" in r.get("null_control", {})}
+  if not checked:
+    return ""
+  n_ways = list(next(iter(checked.values()))["decoding"])
+  lines = [f"{'method':<17}{'task':<10}" + "".join(f"{'N=' + n:>22}" for n in n_ways)
+           + "  at chance"]
+  for method, check in checked.items():
+    for task in ("decoding", "encoding"):
+      cells = [f"{c['top1']:.3f} [{c['band'][0]:.3f},{c['band'][1]:.3f}]"
+               for c in (check[task][n] for n in n_ways)]
+      ok = all(check[task][n]["at_chance"] for n in n_ways)
+      lines.append(f"{method:<17}{task:<10}" + "".join(f"{c:>22}" for c in cells)
+                   + f"  {'yes' if ok else 'NO'}")
+  return ("null control (pairs shuffled within subject): top-1, mean over subjects "
+          "[99% band of chance]\n" + "\n".join(lines))
 
 
 TABLE_METHODS = ("vna", "direct_encoding", "direct_decoding", "gabor_ridge")

@@ -40,6 +40,7 @@ from __future__ import annotations
 import csv
 import json
 import pathlib
+import time
 import warnings
 
 import numpy as np
@@ -309,7 +310,8 @@ def run(config, workdir, *, force: bool = False) -> dict:
   Returns:
     the content of workdir/scaling.json.
   """
-  from jaxvna.training import summaries, train
+  from jaxvna.training import provenance, summaries, train
+  started = time.time()
   fractions, widths = _check(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -333,7 +335,8 @@ def run(config, workdir, *, force: bool = False) -> dict:
          "n": "training records (subject, image pairs) of the run's fraction",
          "steps_per_run": config.train.steps,
          "bootstrap_resamples": "held-out images, per subject, shared by tasks and runs",
-         **fits[f"{widths[0]:g}"], "width": widths[0], "fits": fits, "runs": rows}
+         **fits[f"{widths[0]:g}"], "width": widths[0], "fits": fits, "runs": rows,
+         "provenance": provenance.record(config, dataset, started=started)}
   files.write_json(workdir / "scaling.json", out)
   write_csv(rows, workdir / "scaling.csv")
   plot(out, workdir / "scaling.png", title=f"{dataset.name}: {config.method}")

@@ -210,3 +210,40 @@ def summarize(ds: Dataset) -> str:
     lines.append(f"{r.name:<16}{r.num_neurons:>8}{r.num_images:>8}{rep:>12}"
                  + "".join(f"{c:>12}" for c in counts))
   return "\n".join(lines)
+
+
+def fingerprint(ds: Dataset) -> str:
+  """sha256 (hex) of what a run learns from: every recording's name, images, responses
+  (NaN padding included), split, stimulus ids and image features. Equal datasets give
+  equal fingerprints on any machine; a changed value, split or order changes it."""
+  import hashlib
+  h = hashlib.sha256(ds.name.encode())
+  for rec in ds.recordings:
+    h.update(rec.name.encode())
+    for array in (rec.images, rec.responses, rec.split, rec.stimulus_ids, rec.image_features):
+      if array is None:
+        h.update(b"none")
+        continue
+      array = np.ascontiguousarray(array)
+      h.update(f"{array.dtype.str}{array.shape}".encode())
+      h.update(array.data)
+  return h.hexdigest()
+
+
+def shuffle_training_pairs(ds: Dataset, seed: int) -> Dataset:
+  """The null control's data: within every recording, the train-split responses permuted
+  among the train-split images (a seeded permutation per recording); every other split,
+  and the images, untouched.
+
+  A model trained on it can learn nothing about which image evoked which response, so its
+  held-out identification must sit at chance: above chance, something other than the
+  image-response pairing (a leak) carries the signal.
+  """
+  rng = np.random.default_rng(seed)
+  recordings = []
+  for rec in ds.recordings:
+    train = rec.indices("train")
+    responses = rec.responses.copy()
+    responses[train] = rec.responses[rng.permutation(train)]
+    recordings.append(dataclasses.replace(rec, responses=responses))
+  return Dataset(ds.name, tuple(recordings))

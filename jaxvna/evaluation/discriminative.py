@@ -84,9 +84,54 @@ def embedding_represent(config, model, params) -> Represent:
     embed = lambda r: batched_apply(embed_resp, padded(r, k_max),
                                     np.full((len(r),), subject, np.int32))
     images = inputs.recording_images(config, held_out)
-    return dict(image_repr=batched_apply(embed_img, images), metric="cosine",
-                mean_repr=embed(held_out.mean_responses), trial_repr=embed(trials))
+    out = dict(image_repr=batched_apply(embed_img, images), metric="cosine",
+               mean_repr=embed(held_out.mean_responses), trial_repr=embed(trials))
+    if hasattr(model, "temperature") and config.loss.type == "clip":
+      out["temperature"] = float(model.apply(variables, method=model.temperature))
+    return out
   return represent
+
+
+def infonce_bound(mean_repr: np.ndarray, image_repr: np.ndarray, temperature: float, *,
+                  batch_size: int, seed: int = 0, repeats: int = 10) -> dict:
+  """The InfoNCE lower bound on image-response mutual information, on held-out data.
+
+  The CLIP loss of a batch of B matched pairs is at least log(B) - I(image; response), so
+  log(B) - loss (nats) is a lower bound on I, and a goodness of fit that, unlike the
+  loss, compares across batch sizes: 0 is no information, log(B) its ceiling.
+
+  Args:
+    mean_repr: (N, D) embeddings of trial-averaged held-out responses.
+    image_repr: (N, D) embeddings of their images, row-paired.
+    temperature: the model's temperature (logits = cosine / temperature).
+    batch_size: B, at most N (the training batch size, capped at N).
+    seed, repeats: `repeats` seeded shuffles, each cut into floor(N / B) disjoint batches.
+
+  Returns {"batch_size": B, "loss": mean CLIP loss, "log_batch_size": log(B),
+  "bound_nats": log(B) - loss, "batches": number of batches averaged}.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxvna import losses  # pylint: disable=g-import-not-at-top
+  n = len(mean_repr)
+  b = min(int(batch_size), n)
+  img, neu = _unit_rows_f32(image_repr), _unit_rows_f32(mean_repr)
+  rng = np.random.default_rng(seed)
+  batch_losses = []
+  for _ in range(repeats):
+    order = rng.permutation(n)
+    for i in range(n // b):
+      rows = order[i * b:(i + 1) * b]
+      batch_losses.append(float(losses.clip_loss(jnp.asarray(img[rows]),
+                                                 jnp.asarray(neu[rows]), temperature)))
+  loss = float(np.mean(batch_losses))
+  return {"batch_size": b, "loss": loss, "log_batch_size": float(np.log(b)),
+          "bound_nats": float(np.log(b)) - loss, "batches": len(batch_losses)}
+
+
+def _unit_rows_f32(x):
+  x = np.asarray(x, np.float32)
+  norm = np.linalg.norm(x, axis=1, keepdims=True)
+  return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
 def score_representations(reprs: dict, eval_config) -> dict:
@@ -131,14 +176,19 @@ def evaluate_model(config, dataset: Dataset, represent: Represent) -> dict:
     represent: the method's representations of held-out data (`Represent`).
 
   Returns {"decoding": {"<N>": {...}}, "encoding": ..., "single_trial": ...,
-  ["predictivity": ... for encoding models,] "per_subject": {name: same structure}};
-  the top level is the mean over subjects.
+  ["predictivity": ... for encoding models,] ["infonce": `infonce_bound` for models
+  trained with the CLIP loss,] "per_subject": {name: same structure}}; the top level is
+  the mean over subjects.
   """
   k_max = max(dataset.neuron_counts)
   per_subject = {}
   for s, rec in enumerate(dataset.recordings):
     reprs = representations(config, rec, s, k_max, represent)
     per_subject[rec.name] = score_representations(reprs, config.eval)
+    if "temperature" in reprs:
+      per_subject[rec.name]["infonce"] = infonce_bound(
+          reprs["mean_repr"], reprs["image_repr"], reprs["temperature"],
+          batch_size=config.train.batch_size, seed=config.eval.seed)
   return dict(combine_subjects(per_subject), per_subject=per_subject)
 
 
@@ -157,3 +207,36 @@ def evaluate_gabor_ridge(config, dataset: Dataset) -> dict:
                  predictivity=predictivity.predictivity_report(rates, held_out.responses))
     per_subject[rec.name] = score_representations(reprs, config.eval)
   return dict(combine_subjects(per_subject), per_subject=per_subject)
+
+
+def chance_check(results: dict, *, z: float = 2.576) -> dict:
+  """Whether a null control's identification sits at chance.
+
+  For every task ("decoding", "encoding") and N (not "all") of `results` (an
+  `evaluate_model` output, or any dict with "per_subject" reports of that form), the
+  subject-mean top-1 is compared with the band chance +- z * sd of a ranking without
+  information over the same queries (`identification.chance_top1_variance`; z = 2.576:
+  99%, as the check is made at several N at once).
+
+  Returns {"<task>": {"<N>": {"top1", "chance", "band": [lo, hi], "at_chance"}},
+  "at_chance": all of them}.
+  """
+  per_subject = list(results["per_subject"].values())
+  out, every = {}, True
+  for task in ("decoding", "encoding"):
+    out[task] = {}
+    for n_way in results[task]:
+      if n_way == "all":
+        continue
+      reports = [r[task][n_way] for r in per_subject]
+      var = sum(identification.chance_top1_variance(
+          int(r["num_candidates"]) - 1, int(r["n_way"]), int(r["num_queries"]))
+          for r in reports) / len(reports) ** 2
+      chance = float(np.mean([r["chance_top1"] for r in reports]))
+      top1 = float(np.mean([r["top1"] for r in reports]))
+      band = [chance - z * var ** 0.5, chance + z * var ** 0.5]
+      at_chance = band[0] <= top1 <= band[1]
+      every &= at_chance
+      out[task][n_way] = dict(top1=top1, chance=chance, band=band, at_chance=at_chance)
+  out["at_chance"] = every
+  return out

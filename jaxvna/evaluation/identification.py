@@ -316,6 +316,26 @@ def _score(competitors: _Competitors, n_way, *, draws, topk, seed) -> dict:
   return result
 
 
+def chance_top1_variance(pool: int, n_way, num_queries: int) -> float:
+  """Variance of the N-way top-1 accuracy (mean over `num_queries` queries, expectation over
+  candidate draws) of a ranking that carries no information.
+
+  With no information the true candidate's rank among its `pool` possible distractors is
+  uniform: g ~ U{0..pool} of them score above it, and the query scores
+  C(pool - g, n) / C(pool, n) (no drawn distractor above it; n = min(N - 1, pool)), whose
+  mean is 1 / (n + 1), the chance level. The variance of that mean over queries taken as
+  independent is what a null control's accuracy scatters by around chance: the 95% CI of
+  `nway_accuracy` covers only the draws, not the finite query set.
+  """
+  from math import lgamma  # pylint: disable=g-import-not-at-top
+  n = pool if n_way == "all" else min(int(n_way) - 1, pool)
+  g = np.arange(pool + 1)
+  log_c = lambda a, b: np.array([lgamma(x + 1) - lgamma(b + 1) - lgamma(x - b + 1)
+                                 if x >= b else -np.inf for x in a])
+  score = np.exp(log_c(pool - g, n) - log_c([pool], n)[0])
+  return float(score.var() / num_queries)
+
+
 def _tie_credit(k, beat, tied):
   """P(true candidate in the top k) when it sits at a uniform place among its ties."""
   return np.clip((k - beat) / (tied + 1.0), 0.0, 1.0)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import pathlib
+import time
 from typing import Any
 
 import jax
@@ -28,9 +29,10 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxvna import errors, files, registry
-from jaxvna.data import Dataset, pipeline, readers, resident
+from jaxvna.data import Dataset, dataset as dataset_lib, pipeline, readers, resident
 from jaxvna.evaluation import discriminative
-from jaxvna.training import checkpoint, distributed, preflight, summaries, workdir_lock
+from jaxvna.training import (checkpoint, distributed, preflight, provenance, summaries,
+                             workdir_lock)
 
 # What a resumed run may change: how long it runs, how often it logs and saves, which of
 # its steps are profiled, how its input is computed (both placements draw the same
@@ -603,32 +605,90 @@ def evaluate(config, model, params, dataset: Dataset, workdir) -> dict:
                            f"(it is trained as a stage of {method.title})")
 
 
-def train_and_evaluate(config, workdir, *, force: bool = False, dataset: Dataset | None = None):
-  """`jaxvna train`: trains, evaluates on held-out images, writes workdir/results.json."""
+def train_and_evaluate(config, workdir, *, force: bool = False, dataset: Dataset | None = None,
+                       null_control: bool = False):
+  """`jaxvna train`: trains, evaluates on held-out images, writes workdir/results.json.
+
+  With the null control (`config.eval.null_control`; None takes `null_control`) the same
+  training runs again on shuffled pairs in workdir/null_control (`run_null_control`).
+  """
+  started = time.time()
   preflight.check_config(config)
   with workdir_lock.hold(workdir, command=f"train {config.method}"):
     dataset = dataset if dataset is not None else load_dataset(config)
     preflight.check_evaluation_data(config, dataset)
     model, params, _ = train(config, workdir, dataset=training_dataset(config, dataset),
                              force=force)
-    return evaluate_and_write(config, model, params, dataset, workdir)
+    null = None
+    if null_control_on(config, default=null_control):
+      null = run_null_control(config, dataset, workdir, force=force)
+    return evaluate_and_write(config, model, params, dataset, workdir, started=started,
+                              null_control=null)
+
+
+def null_control_on(config, *, default: bool) -> bool:
+  """`config.eval.null_control`, or the command's `default` where it is None."""
+  value = config.eval.get("null_control")
+  return default if value is None else bool(value)
+
+
+def run_null_control(config, dataset: Dataset, workdir, *, force: bool = False,
+                     train_it: bool = True) -> dict:
+  """The null control of a run: `config` trained (or, `train_it=False`, restored) in
+  workdir/null_control on `data.dataset.shuffle_training_pairs(dataset, config.seed)` and
+  evaluated like the run itself, on the same untouched held-out images.
+
+  Returns {name: results} as `evaluate`, each with "chance_check"
+  (`discriminative.chance_check`) where it has identification reports; a result off
+  chance is logged as a warning: something other than the pairing carries signal.
+  """
+  null_dir = pathlib.Path(workdir) / "null_control"
+  shuffled = dataset_lib.shuffle_training_pairs(dataset, seed=config.seed)
+  trained_on = training_dataset(config, shuffled)
+  if train_it:
+    model, params, _ = train(config, null_dir, dataset=trained_on, force=force)
+  else:
+    model = make_model(config, trained_on)
+    params = restore_latest(config, model, trained_on, null_dir)[1].params
+  primary = distributed.is_primary()
+  null = evaluate(config, model, local_copy(params), shuffled, null_dir if primary else None)
+  for name, res in null.items():
+    if isinstance(res, dict) and "per_subject" in res and "decoding" in res:
+      res["chance_check"] = discriminative.chance_check(res)
+      if not res["chance_check"]["at_chance"] and primary:
+        off = [f"{task} {n}-way {c['top1']:.3f} (chance band {c['band'][0]:.3f}-"
+               f"{c['band'][1]:.3f})" for task in ("decoding", "encoding")
+               for n, c in res["chance_check"][task].items() if not c["at_chance"]]
+        logging.warning("null control of %s is off chance: %s. Trained on shuffled pairs it "
+                        "should identify nothing; look for a leak between the splits or in "
+                        "the evaluation.", name, "; ".join(off))
+  return null
 
 
 def evaluate_and_write(config, model, params, dataset: Dataset, workdir, *,
-                       step: int | None = None) -> dict:
+                       step: int | None = None, started: float | None = None,
+                       null_control: dict | None = None) -> dict:
   """`evaluate`, then workdir/results.json; returns its content.
 
-  The results (as `eval/<method>/...` scalars) and the figures the evaluation wrote are
-  added to the workdir's TensorBoard events at `step`, the step of `params` (default: the
-  step the workdir's training ended at, `summaries.trained_step`).
+  results.json: {"dataset", "results": {name: results}, "provenance":
+  `provenance.record`}; a `run_null_control` output given as `null_control` goes under
+  each result's "null_control". The results (as `eval/<method>/...` scalars) and the
+  figures the evaluation wrote are added to the workdir's TensorBoard events at `step`,
+  the step of `params` (default: the step the workdir's training ended at,
+  `summaries.trained_step`).
 
   In a multi-process run every process evaluates the whole held-out set on its own copy
   of the parameters (the same numbers everywhere); process 0 writes the results.
   """
+  started = time.time() if started is None else started
   primary = distributed.is_primary()
   figures_before = summaries.figure_times(workdir) if primary else {}
   results = evaluate(config, model, local_copy(params), dataset, workdir if primary else None)
-  out = {"dataset": dataset.name, "results": results}
+  for name, null in (null_control or {}).items():
+    if isinstance(results.get(name), dict):
+      results[name]["null_control"] = null
+  out = {"dataset": dataset.name, "results": results,
+         "provenance": provenance.record(config, dataset, started=started)}
   if primary:
     files.write_json(pathlib.Path(workdir) / "results.json", out)
     summaries.write_outputs(
@@ -659,7 +719,9 @@ def restore_latest(config, model, dataset: Dataset, workdir) -> tuple[int, Train
 
 
 def evaluate_workdir(config, workdir):
-  """`jaxvna eval`: re-evaluates the latest checkpoint of a finished or interrupted run."""
+  """`jaxvna eval`: re-evaluates the latest checkpoint of a finished or interrupted run
+  (and of its null control, when workdir/null_control holds one)."""
+  started = time.time()
   preflight.check_config(config)
   if not (pathlib.Path(workdir) / "checkpoints").is_dir():
     raise errors.MissingCheckpointError(f"{workdir}: no checkpoint to evaluate (train in "
@@ -670,4 +732,8 @@ def evaluate_workdir(config, workdir):
     trained_on = training_dataset(config, dataset)
     model = make_model(config, trained_on)
     step, state = restore_latest(config, model, trained_on, workdir)
-    return evaluate_and_write(config, model, state.params, dataset, workdir, step=step)
+    null = None
+    if (pathlib.Path(workdir) / "null_control" / "checkpoints").is_dir():
+      null = run_null_control(config, dataset, workdir, train_it=False)
+    return evaluate_and_write(config, model, state.params, dataset, workdir, step=step,
+                              started=started, null_control=null)

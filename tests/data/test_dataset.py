@@ -1,9 +1,12 @@
 """The common structure: validation names the source and field; helpers behave."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from jaxvna.data.dataset import DataError, Dataset, Recording, summarize
+from jaxvna.data.dataset import (DataError, Dataset, Recording, fingerprint,
+                                 shuffle_training_pairs, summarize)
 
 
 def _recording(n=4, r=2, k=3, **changes):
@@ -82,3 +85,40 @@ def test_image_features_are_validated_and_follow_subsets():
     _recording(image_features=np.full((4, 2), np.nan, np.float32))
   with pytest.raises(DataError, match="disagree on image_features"):
     Dataset("toy", (rec, _recording(name="s1")))
+
+
+def _numbered(n=40, k=3):
+  """A recording whose responses name their image: responses[i] == i."""
+  split = np.zeros(n, np.int8)
+  split[-10:] = 2  # the last 10 images are test
+  responses = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None], (n, 2, k)).copy()
+  return _recording(n=n, images=np.arange(n, dtype=np.uint8)[:, None, None, None]
+                    * np.ones((1, 8, 8, 1), np.uint8), responses=responses,
+                    split=split, neuron_coords=np.zeros((k, 2), np.float32))
+
+
+def test_shuffle_training_pairs_permutes_the_train_split_only():
+  ds = Dataset("d", (_numbered(), dataclasses.replace(_numbered(), name="s1")))
+  shuffled = shuffle_training_pairs(ds, seed=0)
+  for before, after in zip(ds.recordings, shuffled.recordings):
+    train, test = before.indices("train"), before.indices("test")
+    moved = after.responses[train, 0, 0]
+    assert sorted(moved) == sorted(before.responses[train, 0, 0])  # same responses
+    assert np.mean(moved != train) > 0.8  # most of them paired with another image
+    np.testing.assert_array_equal(after.responses[test], before.responses[test])
+    np.testing.assert_array_equal(after.images, before.images)
+  # Each subject its own permutation; the same seed, the same shuffle.
+  assert not np.array_equal(shuffled.recordings[0].responses, shuffled.recordings[1].responses)
+  np.testing.assert_array_equal(shuffle_training_pairs(ds, seed=0).recordings[0].responses,
+                                shuffled.recordings[0].responses)
+
+
+def test_fingerprint_follows_every_value_and_name():
+  ds = Dataset("d", (_numbered(),))
+  assert fingerprint(ds) == fingerprint(Dataset("d", (_numbered(),)))
+  responses = ds.recordings[0].responses.copy()
+  responses[0, 0, 0] += 1e-3
+  changed = [Dataset("d", (dataclasses.replace(ds.recordings[0], **c),)) for c in (
+      dict(responses=responses), dict(name="other"),
+      dict(split=np.roll(ds.recordings[0].split, 1)))] + [Dataset("e", ds.recordings)]
+  assert len({fingerprint(d) for d in [ds, *changed]}) == 5

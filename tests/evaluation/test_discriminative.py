@@ -2,6 +2,7 @@
 
 import ml_collections
 import numpy as np
+import pytest
 
 from jaxvna.evaluation import discriminative
 
@@ -53,3 +54,41 @@ def test_predictivity_is_reported_for_encoding_models():
   assert report["predictivity"]["correlation_to_average"] > 0.5
   combined = discriminative.combine_subjects({"a": report, "b": report})
   assert combined["predictivity"] == report["predictivity"]
+
+
+def test_infonce_bound_spans_nothing_to_log_batch_size():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(200, 32))
+  perfect = discriminative.infonce_bound(x, x, 0.01, batch_size=50)
+  y = rng.normal(size=(200, 32))
+  unrelated = discriminative.infonce_bound(x, y, 1.0, batch_size=50)
+  assert perfect["batch_size"] == 50 and perfect["batches"] == 40
+  assert perfect["bound_nats"] == pytest.approx(np.log(50), abs=1e-3)  # every pair found
+  assert abs(unrelated["bound_nats"]) < 0.05  # nothing learned
+  # A confident temperature on unrelated pairs costs more than log(B): the bound is < 0.
+  assert discriminative.infonce_bound(x, y, 0.1, batch_size=50)["bound_nats"] < -0.5
+  # B is capped at the number of held-out pairs.
+  assert discriminative.infonce_bound(x[:20], x[:20], 0.1, batch_size=64)["batch_size"] == 20
+
+
+def _per_subject(similarity_of_subject):
+  per_subject = {f"s{i}": {task: ident_report(sim) for task, sim in (
+      ("decoding", s), ("encoding", s.T))} for i, s in enumerate(similarity_of_subject)}
+  return dict(discriminative.combine_subjects(per_subject), per_subject=per_subject)
+
+
+def ident_report(similarity):
+  from jaxvna.evaluation import identification
+  return identification.identification_report(similarity, n_ways=(2, 10, "all"), draws=50)
+
+
+def test_chance_check_passes_noise_and_flags_signal():
+  rng = np.random.default_rng(0)
+  noise = _per_subject([rng.normal(size=(300, 300)) for _ in range(2)])
+  check = discriminative.chance_check(noise)
+  assert check["at_chance"] and set(check["decoding"]) == {"2", "10"}  # "all" not checked
+  lo, hi = check["decoding"]["10"]["band"]
+  assert lo < 0.1 < hi and hi - 0.1 < 0.03
+  # A weak signal (10-way top-1 about 0.2) is off chance.
+  weak = _per_subject([rng.normal(size=(300, 300)) + 0.6 * np.eye(300) for _ in range(2)])
+  assert not discriminative.chance_check(weak)["decoding"]["10"]["at_chance"]

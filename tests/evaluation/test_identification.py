@@ -256,3 +256,15 @@ def test_speed_large_matrix():
   elapsed = time.perf_counter() - start
   print(f"\n{num} x {num}, N=10, 200 draws: {elapsed:.2f} s (top1 {r['top1']:.3f})")
   assert r["draws"] == 200 and 0.1 < r["top1"] < 1.0
+
+
+@pytest.mark.parametrize("n_way", [2, 10, "all"])
+def test_chance_variance_is_the_scatter_of_uninformative_rankings(n_way):
+  """The sd of the N-way top-1 of random similarities over many query sets."""
+  rng = np.random.default_rng(0)
+  q = 150
+  accs = [ident.nway_accuracy(rng.normal(size=(q, q)), n_way, draws=20, seed=i)["top1"]
+          for i in range(300)]
+  sd = ident.chance_top1_variance(q - 1, n_way, q) ** 0.5
+  assert np.std(accs) == pytest.approx(sd, rel=0.15)
+  assert np.mean(accs) == pytest.approx(1 / (q if n_way == "all" else n_way), abs=0.3 * sd)

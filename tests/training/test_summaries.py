@@ -27,6 +27,7 @@ def tiny_config():
   c = vna_sim.get_config("vna,tiny")
   c.train.update(steps=STEPS, log_every=5, checkpoint_every=STEPS)
   c.eval.gabor_ridge = False
+  c.eval.null_control = False  # tests/commands/test_demo.py covers it
   return c
 
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import itertools
 import pathlib
+import time
 from typing import Callable
 
 import jax
@@ -433,12 +434,14 @@ def interpret(config, model, params, dataset: Dataset, workdir) -> dict:
 def run(config, workdir, *, force: bool = False) -> dict:
   """`jaxvna interpret`: trains (or finishes) the DINA run in workdir, interprets it and
   writes workdir/interpret.json."""
-  from jaxvna.training import summaries, train
+  from jaxvna.training import provenance, summaries, train
+  started = time.time()
   if config.method != "dina":
     raise errors.ConfigError(f"jaxvna interpret explains DINA models; config.method is "
                      f"{config.method!r} (use e.g. configs/dina_sim.py)")
   model, params, dataset = train.train(config, workdir, force=force)
   out = interpret(config, model, params, dataset, workdir)
+  out["provenance"] = provenance.record(config, dataset, started=started)
   files.write_json(pathlib.Path(workdir) / "interpret.json", out)
   summaries.write_outputs(workdir, summaries.trained_step(workdir),
                           results={"interpret": out},

@@ -60,6 +60,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import time
 
 import jax
 import jax.numpy as jnp
@@ -341,7 +342,8 @@ def load_data(config):
 def visualize(config, workdir, *, force: bool = False) -> dict:
   """`jaxvna visualize`: trains (or resumes) the stages, edits, writes visualize.json and
   the grids (module docstring). Returns the visualize.json content."""
-  from jaxvna.training import summaries, train
+  from jaxvna.training import provenance, summaries, train
+  started = time.time()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   ev, groups = config.eval.migvis, tuple(config.migvis.groups)
@@ -420,6 +422,7 @@ def visualize(config, workdir, *, force: bool = False) -> dict:
                     f"{results['per_group'][g]['target_shift']:.2f} sd)")
     figures.append(path.name)
   results["figures"] = figures
+  results["provenance"] = provenance.record(config, dataset, started=started)
   files.write_json(workdir / "visualize.json", results)
   # TensorBoard, beside the stages' runs (W/<stage>): at the step of the diffusion model
   # that made the edits.
