@@ -46,8 +46,11 @@ def test_fit_scores_well_above_chance(fitted, arrays):
   for s in range(2):
     for task in ("decoding", "encoding"):
       # Chance: 0.1 (10-way), 0.5 (2-way); 100 steps on 2 x 384 images is a short fit.
-      assert fitted.score(images[s], responses[s], subject=s, task=task) > 0.2
-      assert fitted.score(images[s], responses[s], subject=s, task=task, n_way=2) > 0.65
+      # Measured (seed 0; subject 0 decoding/encoding, subject 1 decoding/encoding):
+      # 10-way 0.296/0.266, 0.353/0.330; 2-way 0.735/0.748, 0.758/0.768. Floors: the
+      # lowest minus 0.036 (10-way) and 0.045 (2-way), ~20% of its distance from chance.
+      assert fitted.score(images[s], responses[s], subject=s, task=task) > 0.23
+      assert fitted.score(images[s], responses[s], subject=s, task=task, n_way=2) > 0.69
   assert fitted.score(images[1], responses[1], subject="m2") == fitted.score(
       images[1], responses[1], subject=1)
 

@@ -6,9 +6,10 @@
 
 Every result file names the command that wrote it (`provenance.command`, see
 `jaxvna.training.provenance`). This runs it again in the working folder, with
-$JAXVNA_DATA_DIR expanded from the environment, and when the command writes the same file
-again, prints how far each number of the new file lies from the old one (the old content
-stays in git). The file's jaxvna commit and package versions are printed beside the ones
+$JAXVNA_DATA_DIR expanded from the environment, and prints how far each number of the new
+result lies from the old one: the file itself when the command writes it again (the old
+content stays in git), else the result file the command wrote in its --workdir (which it
+leaves there, with the `cp` that would keep it). The file's jaxvna commit and package versions are printed beside the ones
 in use, since a different JAX can move the last digits.
 """
 
@@ -20,11 +21,15 @@ import pathlib
 import shlex
 import subprocess
 import sys
+import time
 
 from jaxvna.errors import UserError
 from jaxvna.training import provenance
 
 RESULTS_DIR = "results"
+# What the commands write in their --workdir, the headline file first.
+WORKDIR_RESULTS = ("new_subject.json", "scaling.json", "interpret.json", "visualize.json",
+                   "results.json")
 
 
 def resolve(name: str) -> pathlib.Path:
@@ -87,20 +92,34 @@ def run(name: str, *, dry_run: bool = False) -> dict:
   print(f"running: {command}", flush=True)
   if dry_run:
     return {"command": command, "path": str(path), "rewritten": False, "differences": {}}
-  before = path.stat().st_mtime_ns
+  before, started = path.stat().st_mtime_ns, time.time()
   status = subprocess.run(argv, check=False).returncode
   if status:
     raise UserError(f"{path}: the recorded command exited with status {status}: {command}")
   rewritten = path.stat().st_mtime_ns != before
+  new_path = path if rewritten else written_in_workdir(argv, started)
   differences = {}
-  if rewritten:
-    differences = numeric_differences(old, json.loads(path.read_text()))
-    print(_difference_report(path, differences))
+  if new_path is None:
+    print(f"{path} was not rewritten and the command's --workdir holds no new result file.")
   else:
-    print(f"{path} was not rewritten: the command writes its result elsewhere (see its "
-          "--workdir); compare with `git diff --no-index`.")
+    differences = numeric_differences(old, json.loads(new_path.read_text()))
+    print(_difference_report(new_path, differences))
+    if new_path != path:
+      print(f"to keep it: cp {new_path} {path}")
   return {"command": command, "path": str(path), "rewritten": rewritten,
-          "differences": differences}
+          "new_path": None if new_path is None else str(new_path), "differences": differences}
+
+
+def written_in_workdir(argv: list[str], since: float) -> pathlib.Path | None:
+  """The result file (`WORKDIR_RESULTS`) that the command wrote in its --workdir after
+  `since` (a time.time()), or None."""
+  workdirs = [a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")]
+  for name in WORKDIR_RESULTS:
+    for workdir in workdirs:
+      candidate = pathlib.Path(workdir) / name
+      if candidate.is_file() and candidate.stat().st_mtime >= since:
+        return candidate
+  return None
 
 
 def _versions(versions: dict) -> str:

@@ -76,7 +76,10 @@ def source_state() -> dict:
     git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True,
                                     text=True, timeout=10, check=True).stdout.strip()
     state["commit"] = git("rev-parse", "HEAD")
-    state["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+    # The code only: result files and figures rewritten beside it do not change a run.
+    state["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no", "--",
+                              "jaxvna", "configs", "benchmarks/*.py", "setup.py",
+                              "pyproject.toml"))
   except (OSError, subprocess.SubprocessError):
     pass
   return state

@@ -62,3 +62,20 @@ def test_cli_prints_the_recorded_command(repo):
   bad = subprocess.run([sys.executable, "-m", "jaxvna.cli", "reproduce", "nothing"],
                        capture_output=True, text=True, cwd=repo)
   assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_a_result_written_in_the_workdir_is_compared(repo):
+  """`jaxvna train --workdir=W`-style commands: the new file is W/results.json."""
+  (repo / "train.py").write_text(textwrap.dedent("""
+      import json, pathlib
+      old = json.loads(pathlib.Path("results/toy.json").read_text())
+      old["results"]["n"][1] = 3
+      pathlib.Path("W").mkdir(exist_ok=True)
+      pathlib.Path("W/results.json").write_text(json.dumps(old))
+  """))
+  content = json.loads((repo / "results" / "toy.json").read_text())
+  content["provenance"]["command"] = "python train.py --workdir=W"
+  (repo / "results" / "toy.json").write_text(json.dumps(content))
+  out = reproduce.run("toy")
+  assert not out["rewritten"] and out["new_path"] == "W/results.json"
+  assert out["differences"] == {"results.n.1": (2.0, 3.0)}

@@ -79,9 +79,12 @@ def test_bfloat16_training_lowers_the_loss(tmp_path, tiny_dataset):
   model, params, _ = train.train(config, tmp_path, dataset=tiny_dataset)
   losses = np.array([json.loads(line)["loss"]
                      for line in (tmp_path / "metrics.jsonl").read_text().splitlines()])
-  assert len(losses) == 80 and np.isfinite(losses).all()
-  # Measured: about 5.0 over the first 10 steps, 2.9 over the last 10 (float32 alike).
-  assert losses[-10:].mean() < losses[:10].mean() - 1.0, losses
+  assert len(losses) == 80
+  # Measured (seed 0, 2 CPU cores): 4.99 over the first 10 steps, 2.82 over the last 10
+  # (float32 alike). Chance, a uniform CLIP loss over the batch of 64, is log 64 = 4.16:
+  # floor margin 0.33 (25% of 4.16 - 2.82); the drop, 2.17, margin 0.67. NaN fails both.
+  assert losses[-10:].mean() < 3.15, losses
+  assert losses[-10:].mean() < losses[:10].mean() - 1.5, losses
   assert json.loads((tmp_path / "summary.json").read_text())["skipped_steps"] == 0
 
   # The trained parameters, one batch: the bfloat16 loss is the float32 loss up to rounding.

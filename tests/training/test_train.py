@@ -77,8 +77,14 @@ def test_baselines_train_and_evaluate(tmp_path, tiny_dataset, method):
   out = train.train_and_evaluate(tiny_config(method, steps=30), tmp_path, dataset=tiny_dataset)
   res = out["results"][method]
   assert set(res) >= {"decoding", "encoding", "single_trial", "per_subject"}
-  assert 0.0 <= res["decoding"]["2"]["top1"] <= 1.0
-  assert res["decoding"]["2"]["top1"] > 0.5  # learned something
+  # The loss falls: measured (seed 0) 1.267 -> 0.629 (direct_encoding) and 0.246 -> 0.125
+  # (direct_decoding) from step 10 to 30, a ratio of 0.50 and 0.51; margin 0.1.
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["step"] == 30 and rows[-1]["loss"] < 0.6 * rows[0]["loss"], rows
+  if method == "direct_encoding":
+    # 2-way decoding: measured 0.592, untrained 0.531, chance 0.5; margin 0.042. (Direct
+    # decoding is still at chance after 30 steps, 0.507 as untrained: its loss is checked.)
+    assert res["decoding"]["2"]["top1"] > 0.55
 
 
 def test_nan_batch_is_skipped_and_counted(tiny_dataset):
@@ -264,9 +270,13 @@ def test_ring_and_sigmoid_losses_train_in_the_same_step(tmp_path, tiny_dataset):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
   sigmoid = tiny_config(steps=10)
   sigmoid.loss.type = "sigmoid"
+  sigmoid.train.log_every = 1
   train.train(sigmoid, tmp_path / "sigmoid", dataset=tiny_dataset)
-  rows = [json.loads(l) for l in (tmp_path / "sigmoid" / "metrics.jsonl").read_text().splitlines()]
-  assert np.isfinite(rows[-1]["loss"])
+  losses = [json.loads(l)["loss"]
+            for l in (tmp_path / "sigmoid" / "metrics.jsonl").read_text().splitlines()]
+  # SigLIP learns: measured (seed 0) mean loss 7.64 over steps 1-3, 6.55 over steps 8-10
+  # (8.43 at step 1, 6.21 at step 10); a 1.09 drop, margin 0.49.
+  assert len(losses) == 10 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.6, losses
 
 
 def test_eval_command_rescores_the_latest_checkpoint(tmp_path):

@@ -129,16 +129,27 @@ def test_interpret_end_to_end(tmp_path):
   assert config.interpret.probe_sigma == pytest.approx(32 / 24)   # follows the image size
   dina.run(config, tmp_path)
   r = json.loads((tmp_path / "interpret.json").read_text())
-  for key in ("spatial_rf_corr", "spatial_rf_corr_occlusion"):
-    assert -1 <= r[key] <= 1
-  assert r["spatial_rf_corr"] > 0
-  assert 0.6 < r["key_neuron_auc"] <= 1
+  # Regression floors: value measured at seed 0 on 2 CPU cores (8 fake devices), the
+  # untrained model's (1 training step), and the margin below the measured value.
+  # spatial_rf_corr: measured 0.397, untrained -0.189, chance 0; margin 0.097 (24%).
+  assert 0.30 < r["spatial_rf_corr"] <= 1
+  # Occlusion maps: measured 0.351 (subjects 0.085 and 0.618), untrained 0.202; margin 0.1.
+  assert 0.25 < r["spatial_rf_corr_occlusion"] <= 1
+  # key_neuron_auc (occlusion): measured 0.919, chance 0.5; margin 0.1 (24%). The
+  # untrained model scores 0.934 (responsive neurons vary, the others hardly): this floor
+  # catches a broken or inverted ranking; the ablation below, that the model reads them.
+  assert 0.82 < r["key_neuron_auc"] <= 1
   assert set(r["spatial_rf_corr_per_level"]) == {"level2", "level3"}
   ablation = r["ablation"]
   assert len(ablation["accuracy_top_ranked"]) == len(ablation["fractions"])
   assert ablation["accuracy_top_ranked"][-1] == ablation["accuracy_random"][-1]
+  # Keeping the top-ranked 30% of neurons keeps 10-way decoding at 0.196, random 30% at
+  # 0.108 (untrained: 0.105 and 0.102): a 0.088 difference; margin 0.038.
+  at = ablation["fractions"].index(0.3)
+  assert ablation["accuracy_top_ranked"][at] > ablation["accuracy_random"][at] + 0.05
   probe = r["frequency_probe"]
-  assert probe["unfiltered"] > 0.15                          # 10-way, chance 0.1
+  # 10-way, chance 0.1: measured 0.2165, untrained 0.102; margin 0.0265 (23%).
+  assert probe["unfiltered"] > 0.19
   assert all(0 <= probe[k] <= 1 for k in ("low_pass", "high_pass"))
   subject = r["per_subject"]["subject0"]
   assert sorted(subject["key_neuron_ranking"]) == list(range(60))
@@ -150,4 +161,5 @@ def test_interpret_end_to_end(tmp_path):
   # The same workdir is a finished DINA run: `jaxvna eval` reports results.dina.
   results = train.evaluate_workdir(config, tmp_path)["results"]["dina"]
   assert results["decoding"]["10"]["top1"] == pytest.approx(probe["unfiltered"], abs=0.05)
-  assert results["encoding"]["10"]["top1"] > 0.15
+  # 10-way, chance 0.1: measured 0.206; margin 0.026 (24%).
+  assert results["encoding"]["10"]["top1"] > 0.18

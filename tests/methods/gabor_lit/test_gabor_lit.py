@@ -2,7 +2,6 @@
 towers + CLIP, trained and evaluated by the trainer like any method."""
 
 import jax
-import numpy as np
 
 from jaxvna import registry
 from jaxvna.configs import vna_sim
@@ -13,7 +12,9 @@ def test_only_the_linear_maps_and_the_temperature_learn():
   config = vna_sim.get_config("gabor_lit,tiny")
   dataset = train.load_dataset(config)
   model = train.make_model(config, dataset)
-  params = train.init_state(config, model, train.make_optimizer(config), dataset).params
+  # Shapes only: abstract parameters (no initialisation run).
+  params = jax.eval_shape(lambda: train.init_state(config, model, train.make_optimizer(config),
+                                                   dataset)).params
   shapes = {jax.tree_util.keystr(p): v.shape
             for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   # 32x32 images, stride 2, pool 4: 4x4 positions x (8 orientations x 2 frequencies).
@@ -27,8 +28,9 @@ def test_trains_from_the_registry_and_scores_well_above_chance(tmp_path):
   config = vna_sim.get_config("gabor_lit,tiny")
   config.train.steps = 200
   results = train.train_and_evaluate(config, tmp_path)["results"]["gabor_lit"]
-  # Measured at 200 tiny steps: 10-way top-1 0.223 (decoding), 0.242 (encoding); chance
-  # is 0.10. A floor of 0.15 leaves ~0.07 for noise and fails if the towers stop learning.
+  # Measured at 200 tiny steps (seed 0, 2 CPU cores): 10-way top-1 0.229 (decoding), 0.234
+  # (encoding), chance 0.10; 2-way 0.659, 0.673, chance 0.5. Floors: the lower of the two
+  # minus 0.029 (10-way) and 0.039 (2-way), ~25% of its distance from chance.
   for task in ("decoding", "encoding"):
-    assert results[task]["10"]["top1"] > 0.15, (task, results[task]["10"])
-  assert np.isfinite(results["decoding"]["2"]["top1"])
+    assert results[task]["10"]["top1"] > 0.20, (task, results[task]["10"])
+    assert results[task]["2"]["top1"] > 0.62, (task, results[task]["2"])
