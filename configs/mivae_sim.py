@@ -38,6 +38,9 @@ def get_config(arg=None):
       # axes as trained). Rotations leave every cosine similarity unchanged.
       rotate_axes="varimax",
       holdout_subjects=("subject3",), ratio_n_way=10,
+      # The neuron null control: identity features shuffled across subjects' neurons
+      # (set by the null controls, config.eval.null_control, in workdir/null_neurons).
+      shuffle_neurons=False,
       attribution_stimuli=256, attribution_samples=4, neuron_groups=8,
       map_smoothing=2.0))       # pixels (Gaussian sigma) before comparing pixel maps
   c.train.steps = 3000

@@ -44,6 +44,26 @@ def _never(config) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
+class NullControl:
+  """A control of a method besides the one every method gets (image-response pairs
+  shuffled within subject): the same training under `change(config)`, in
+  workdir/<name>, evaluated the same way, reported under results[<method>][<name>].
+
+  Attributes:
+    name: its workdir and results key ("null_neurons").
+    change: config -> the control's config (a changed copy).
+    at_chance: (config, dataset) -> the subjects whose identification must then sit at
+      chance (e.g. only the held-out ones).
+    description: what is shuffled, for tables and warnings.
+  """
+
+  name: str
+  change: Callable[[Any], Any]
+  at_chance: Callable[[Any, Any], Any]
+  description: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
   """What the trainer, the evaluators and the commands need to know of one method.
 
@@ -73,6 +93,7 @@ class Method:
       and puts it in the comparison table.
     title: how the README and messages name it ("DINA").
     example_config: a shipped config that runs it.
+    null_controls: its own `NullControl`s, run with the shuffled-pairs control.
   """
 
   name: str
@@ -88,6 +109,7 @@ class Method:
   in_demo: bool = False
   title: str = ""
   example_config: str = ""
+  null_controls: tuple[NullControl, ...] = ()
 
 
 def get(name: str) -> Method:

@@ -34,3 +34,15 @@ def owner(dataset, stimulus_id):
     if len(hits):
       return s, int(hits[0])
   raise AssertionError(f"unknown stimulus id {stimulus_id}")
+
+
+def vna_demo_run(config, workdir):
+  """`jaxvna demo` of `config` with VNA as its only method (workdir/vna is a `jaxvna
+  train` run; workdir holds results.json and demo.png); returns workdir."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  from jaxvna import registry  # pylint: disable=g-import-not-at-top
+  from jaxvna.commands import demo  # pylint: disable=g-import-not-at-top
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(registry, "in_demo", lambda: [registry.get("vna")])
+    demo.run(config, workdir)
+  return workdir

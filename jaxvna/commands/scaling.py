@@ -44,7 +44,7 @@ import time
 import warnings
 
 import numpy as np
-from scipy import optimize, special
+from scipy import optimize
 
 from jaxvna import errors, files, registry
 from jaxvna.data import Dataset, pipeline
@@ -96,15 +96,6 @@ def num_training_images(config, dataset: Dataset) -> int:
                                     subset_seed=config.seed))
 
 
-def _log_comb(n, k):
-  """log C(n, k) elementwise, -inf where k < 0 or k > n."""
-  n, k = np.broadcast_arrays(np.asarray(n, np.float64), np.asarray(k, np.float64))
-  valid = (k >= 0) & (k <= n)
-  n, k = np.where(valid, n, 1.0), np.where(valid, k, 0.0)
-  out = special.gammaln(n + 1) - special.gammaln(k + 1) - special.gammaln(n - k + 1)
-  return np.where(valid, out, -np.inf)
-
-
 def expected_top1(similarity, targets, n_way, chunk_rows: int = 1024) -> np.ndarray:
   """Each query's N-way top-1 success, in expectation over the candidate draws.
 
@@ -124,6 +115,7 @@ def expected_top1(similarity, targets, n_way, chunk_rows: int = 1024) -> np.ndar
   Returns:
     (Q,) float64 expected top-1 success of each query, in [0, 1].
   """
+  from jaxvna.evaluation.identification import log_comb
   similarity = np.asarray(similarity)
   targets = np.asarray(targets)
   num_queries, num_candidates = similarity.shape
@@ -140,7 +132,7 @@ def expected_top1(similarity, targets, n_way, chunk_rows: int = 1024) -> np.ndar
   others = pool - greater - ties
   success = np.zeros(num_queries)
   for j in range(int(ties.max()) + 1):
-    log_p = _log_comb(ties, j) + _log_comb(others, drawn - j) - _log_comb(pool, drawn)
+    log_p = log_comb(ties, j) + log_comb(others, drawn - j) - log_comb(pool, drawn)
     success += np.exp(log_p) / (j + 1)
   return success
 

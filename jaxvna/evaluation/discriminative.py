@@ -114,7 +114,8 @@ def infonce_bound(mean_repr: np.ndarray, image_repr: np.ndarray, temperature: fl
   from jaxvna import losses  # pylint: disable=g-import-not-at-top
   n = len(mean_repr)
   b = min(int(batch_size), n)
-  img, neu = _unit_rows_f32(image_repr), _unit_rows_f32(mean_repr)
+  img, neu = (identification.unit_rows(np.asarray(x, np.float32))
+              for x in (image_repr, mean_repr))
   rng = np.random.default_rng(seed)
   batch_losses = []
   for _ in range(repeats):
@@ -126,12 +127,6 @@ def infonce_bound(mean_repr: np.ndarray, image_repr: np.ndarray, temperature: fl
   loss = float(np.mean(batch_losses))
   return {"batch_size": b, "loss": loss, "log_batch_size": float(np.log(b)),
           "bound_nats": float(np.log(b)) - loss, "batches": len(batch_losses)}
-
-
-def _unit_rows_f32(x):
-  x = np.asarray(x, np.float32)
-  norm = np.linalg.norm(x, axis=1, keepdims=True)
-  return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
 def score_representations(reprs: dict, eval_config) -> dict:
@@ -209,19 +204,21 @@ def evaluate_gabor_ridge(config, dataset: Dataset) -> dict:
   return dict(combine_subjects(per_subject), per_subject=per_subject)
 
 
-def chance_check(results: dict, *, z: float = 2.576) -> dict:
+def chance_check(results: dict, *, subjects=None, z: float = 2.576) -> dict:
   """Whether a null control's identification sits at chance.
 
   For every task ("decoding", "encoding") and N (not "all") of `results` (an
   `evaluate_model` output, or any dict with "per_subject" reports of that form), the
-  subject-mean top-1 is compared with the band chance +- z * sd of a ranking without
-  information over the same queries (`identification.chance_top1_variance`; z = 2.576:
-  99%, as the check is made at several N at once).
+  mean top-1 over `subjects` (names; None: all of "per_subject") is compared with the band
+  chance +- z * sd of a ranking without information over the same queries
+  (`identification.chance_top1_variance`; z = 2.576: 99%, as the check is made at several
+  N at once).
 
   Returns {"<task>": {"<N>": {"top1", "chance", "band": [lo, hi], "at_chance"}},
-  "at_chance": all of them}.
+  "subjects": the names checked, "at_chance": all of them}.
   """
-  per_subject = list(results["per_subject"].values())
+  per_subject = [report for name, report in results["per_subject"].items()
+                 if subjects is None or name in subjects]
   out, every = {}, True
   for task in ("decoding", "encoding"):
     out[task] = {}
@@ -238,5 +235,6 @@ def chance_check(results: dict, *, z: float = 2.576) -> dict:
       at_chance = band[0] <= top1 <= band[1]
       every &= at_chance
       out[task][n_way] = dict(top1=top1, chance=chance, band=band, at_chance=at_chance)
+  out["subjects"] = sorted(results["per_subject"]) if subjects is None else list(subjects)
   out["at_chance"] = every
   return out

@@ -60,7 +60,7 @@ def cosine_similarity(a, b) -> np.ndarray:
   A zero row has similarity 0 to everything (it carries no direction).
   """
   a, b = _as_matrix_pair(a, b)
-  return _unit_rows(a) @ _unit_rows(b).T
+  return unit_rows(a) @ unit_rows(b).T
 
 
 def pearson_similarity(a, b) -> np.ndarray:
@@ -327,13 +327,20 @@ def chance_top1_variance(pool: int, n_way, num_queries: int) -> float:
   independent is what a null control's accuracy scatters by around chance: the 95% CI of
   `nway_accuracy` covers only the draws, not the finite query set.
   """
-  from math import lgamma  # pylint: disable=g-import-not-at-top
   n = pool if n_way == "all" else min(int(n_way) - 1, pool)
   g = np.arange(pool + 1)
-  log_c = lambda a, b: np.array([lgamma(x + 1) - lgamma(b + 1) - lgamma(x - b + 1)
-                                 if x >= b else -np.inf for x in a])
-  score = np.exp(log_c(pool - g, n) - log_c([pool], n)[0])
+  score = np.exp(log_comb(pool - g, n) - log_comb(pool, n))
   return float(score.var() / num_queries)
+
+
+def log_comb(n, k) -> np.ndarray:
+  """log C(n, k) elementwise (broadcast, float64), -inf where k < 0 or k > n."""
+  from scipy import special  # pylint: disable=g-import-not-at-top
+  n, k = np.broadcast_arrays(np.asarray(n, np.float64), np.asarray(k, np.float64))
+  valid = (k >= 0) & (k <= n)
+  n, k = np.where(valid, n, 1.0), np.where(valid, k, 0.0)
+  out = special.gammaln(n + 1) - special.gammaln(k + 1) - special.gammaln(n - k + 1)
+  return np.where(valid, out, -np.inf)
 
 
 def _tie_credit(k, beat, tied):
@@ -350,7 +357,8 @@ def _as_matrix_pair(a, b):
   return a.astype(dtype, copy=False), b.astype(dtype, copy=False)
 
 
-def _unit_rows(x):
+def unit_rows(x) -> np.ndarray:
+  """Each row of `x` (M, D) divided by its L2 norm; all-zero rows stay zero."""
   norm = np.linalg.norm(x, axis=1, keepdims=True)
   return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 

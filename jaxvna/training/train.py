@@ -609,8 +609,9 @@ def train_and_evaluate(config, workdir, *, force: bool = False, dataset: Dataset
                        null_control: bool = False):
   """`jaxvna train`: trains, evaluates on held-out images, writes workdir/results.json.
 
-  With the null control (`config.eval.null_control`; None takes `null_control`) the same
-  training runs again on shuffled pairs in workdir/null_control (`run_null_control`).
+  With the null controls (`config.eval.null_control`; None takes `null_control`) the same
+  training runs again on shuffled pairs, and under the method's own controls
+  (`run_null_controls`).
   """
   started = time.time()
   preflight.check_config(config)
@@ -619,11 +620,11 @@ def train_and_evaluate(config, workdir, *, force: bool = False, dataset: Dataset
     preflight.check_evaluation_data(config, dataset)
     model, params, _ = train(config, workdir, dataset=training_dataset(config, dataset),
                              force=force)
-    null = None
+    nulls = None
     if null_control_on(config, default=null_control):
-      null = run_null_control(config, dataset, workdir, force=force)
+      nulls = run_null_controls(config, dataset, workdir, force=force)
     return evaluate_and_write(config, model, params, dataset, workdir, started=started,
-                              null_control=null)
+                              null_controls=nulls)
 
 
 def null_control_on(config, *, default: bool) -> bool:
@@ -632,50 +633,76 @@ def null_control_on(config, *, default: bool) -> bool:
   return default if value is None else bool(value)
 
 
-def run_null_control(config, dataset: Dataset, workdir, *, force: bool = False,
-                     train_it: bool = True) -> dict:
-  """The null control of a run: `config` trained (or, `train_it=False`, restored) in
-  workdir/null_control on `data.dataset.shuffle_training_pairs(dataset, config.seed)` and
-  evaluated like the run itself, on the same untouched held-out images.
+PAIRS_SHUFFLED = registry.NullControl(
+    name="null_control", change=lambda config: config,
+    at_chance=lambda config, dataset: [rec.name for rec in dataset.recordings],
+    description="image-response pairs shuffled within subject")
 
-  Returns {name: results} as `evaluate`, each with "chance_check"
-  (`discriminative.chance_check`) where it has identification reports; a result off
-  chance is logged as a warning: something other than the pairing carries signal.
+
+def null_controls(config) -> tuple[registry.NullControl, ...]:
+  """The controls of `config.method`: pairs shuffled within subject
+  (`data.dataset.shuffle_training_pairs`, in workdir/null_control), then the method's own
+  (`registry.Method.null_controls`)."""
+  return (PAIRS_SHUFFLED, *registry.get(config.method).null_controls)
+
+
+def run_null_controls(config, dataset: Dataset, workdir, *, force: bool = False,
+                      train_it: bool = True) -> dict:
+  """Every control of `null_controls(config)`, each trained (or, `train_it=False`,
+  restored where workdir/<name> holds a checkpoint) and evaluated like the run itself on
+  the same untouched held-out images.
+
+  Returns {control name: {result name: results}}, each result with "chance_check"
+  (`discriminative.chance_check` over the control's `at_chance` subjects) where it has
+  identification reports; a result off chance is logged as a warning: something other
+  than what the control keeps carries signal.
   """
-  null_dir = pathlib.Path(workdir) / "null_control"
-  shuffled = dataset_lib.shuffle_training_pairs(dataset, seed=config.seed)
-  trained_on = training_dataset(config, shuffled)
-  if train_it:
-    model, params, _ = train(config, null_dir, dataset=trained_on, force=force)
-  else:
-    model = make_model(config, trained_on)
-    params = restore_latest(config, model, trained_on, null_dir)[1].params
-  primary = distributed.is_primary()
-  null = evaluate(config, model, local_copy(params), shuffled, null_dir if primary else None)
-  for name, res in null.items():
-    if isinstance(res, dict) and "per_subject" in res and "decoding" in res:
-      res["chance_check"] = discriminative.chance_check(res)
-      if not res["chance_check"]["at_chance"] and primary:
-        off = [f"{task} {n}-way {c['top1']:.3f} (chance band {c['band'][0]:.3f}-"
-               f"{c['band'][1]:.3f})" for task in ("decoding", "encoding")
-               for n, c in res["chance_check"][task].items() if not c["at_chance"]]
-        logging.warning("null control of %s is off chance: %s. Trained on shuffled pairs it "
-                        "should identify nothing; look for a leak between the splits or in "
-                        "the evaluation.", name, "; ".join(off))
-  return null
+  out = {}
+  for control in null_controls(config):
+    control_dir = pathlib.Path(workdir) / control.name
+    if not train_it and not (control_dir / "checkpoints").is_dir():
+      continue
+    control_config = control.change(config)
+    data = (dataset_lib.shuffle_training_pairs(dataset, seed=config.seed)
+            if control is PAIRS_SHUFFLED else dataset)
+    subjects = control.at_chance(control_config, data)
+    if not subjects:
+      logging.info("%s skipped: no subject it could check", control.name)
+      continue
+    trained_on = training_dataset(control_config, data)
+    if train_it:
+      model, params, _ = train(control_config, control_dir, dataset=trained_on, force=force)
+    else:
+      model = make_model(control_config, trained_on)
+      params = restore_latest(control_config, model, trained_on, control_dir)[1].params
+    primary = distributed.is_primary()
+    results = evaluate(control_config, model, local_copy(params), data,
+                       control_dir if primary else None)
+    for name, res in results.items():
+      if isinstance(res, dict) and "per_subject" in res and "decoding" in res:
+        res["chance_check"] = discriminative.chance_check(res, subjects=subjects)
+        if not res["chance_check"]["at_chance"] and primary:
+          off = [f"{task} {n}-way {c['top1']:.3f} (chance band {c['band'][0]:.3f}-"
+                 f"{c['band'][1]:.3f})" for task in ("decoding", "encoding")
+                 for n, c in res["chance_check"][task].items() if not c["at_chance"]]
+          logging.warning("%s of %s (%s) is off chance: %s. It should identify nothing; look "
+                          "for a leak between the splits or in the evaluation.", control.name,
+                          name, control.description, "; ".join(off))
+    out[control.name] = results
+  return out
 
 
 def evaluate_and_write(config, model, params, dataset: Dataset, workdir, *,
                        step: int | None = None, started: float | None = None,
-                       null_control: dict | None = None) -> dict:
+                       null_controls: dict | None = None) -> dict:
   """`evaluate`, then workdir/results.json; returns its content.
 
   results.json: {"dataset", "results": {name: results}, "provenance":
-  `provenance.record`}; a `run_null_control` output given as `null_control` goes under
-  each result's "null_control". The results (as `eval/<method>/...` scalars) and the
-  figures the evaluation wrote are added to the workdir's TensorBoard events at `step`,
-  the step of `params` (default: the step the workdir's training ended at,
-  `summaries.trained_step`).
+  `provenance.record`}; the `run_null_controls` output given as `null_controls` goes under
+  each result's control names ("null_control", ...). The results (as `eval/<method>/...`
+  scalars) and the figures the evaluation wrote are added to the workdir's TensorBoard
+  events at `step`, the step of `params` (default: the step the workdir's training ended
+  at, `summaries.trained_step`).
 
   In a multi-process run every process evaluates the whole held-out set on its own copy
   of the parameters (the same numbers everywhere); process 0 writes the results.
@@ -684,9 +711,10 @@ def evaluate_and_write(config, model, params, dataset: Dataset, workdir, *,
   primary = distributed.is_primary()
   figures_before = summaries.figure_times(workdir) if primary else {}
   results = evaluate(config, model, local_copy(params), dataset, workdir if primary else None)
-  for name, null in (null_control or {}).items():
-    if isinstance(results.get(name), dict):
-      results[name]["null_control"] = null
+  for control, per_name in (null_controls or {}).items():
+    for name, null in per_name.items():
+      if isinstance(results.get(name), dict):
+        results[name][control] = null
   out = {"dataset": dataset.name, "results": results,
          "provenance": provenance.record(config, dataset, started=started)}
   if primary:
@@ -720,7 +748,7 @@ def restore_latest(config, model, dataset: Dataset, workdir) -> tuple[int, Train
 
 def evaluate_workdir(config, workdir):
   """`jaxvna eval`: re-evaluates the latest checkpoint of a finished or interrupted run
-  (and of its null control, when workdir/null_control holds one)."""
+  (and of each null control whose workdir/<name> holds one)."""
   started = time.time()
   preflight.check_config(config)
   if not (pathlib.Path(workdir) / "checkpoints").is_dir():
@@ -732,8 +760,6 @@ def evaluate_workdir(config, workdir):
     trained_on = training_dataset(config, dataset)
     model = make_model(config, trained_on)
     step, state = restore_latest(config, model, trained_on, workdir)
-    null = None
-    if (pathlib.Path(workdir) / "null_control" / "checkpoints").is_dir():
-      null = run_null_control(config, dataset, workdir, train_it=False)
+    nulls = run_null_controls(config, dataset, workdir, train_it=False)
     return evaluate_and_write(config, model, state.params, dataset, workdir, step=step,
-                              started=started, null_control=null)
+                              started=started, null_controls=nulls)

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from jaxvna import registry
 from jaxvna.commands import demo
 from jaxvna.configs import vna_sim
 from jaxvna.data import dataset as dataset_lib
 from jaxvna.training import train
+from toy_recordings import vna_demo_run
 
 
 def tiny_config():
@@ -22,11 +22,7 @@ def tiny_config():
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("demo")
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(registry, "in_demo", lambda: [registry.get("vna")])
-    demo.run(tiny_config(), workdir)
-  return workdir
+  return vna_demo_run(tiny_config(), tmp_path_factory.mktemp("demo"))
 
 
 def test_results_file_holds_each_method_its_null_control_and_provenance(demo_run):

@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
-from jaxvna import registry
 from jaxvna.commands import demo
 from jaxvna.configs import vna_sim
 from jaxvna.errors import ConfigError
 from jaxvna.training import summaries, train
+from toy_recordings import vna_demo_run
 
 STEPS = 20
 
@@ -34,11 +34,7 @@ def tiny_config():
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
   """`jaxvna demo` of VNA alone: W/vna is a `jaxvna train` run, W holds demo.png."""
-  workdir = tmp_path_factory.mktemp("demo")
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(registry, "in_demo", lambda: [registry.get("vna")])
-    demo.run(tiny_config(), workdir)
-  return workdir
+  return vna_demo_run(tiny_config(), tmp_path_factory.mktemp("demo"))
 
 
 def _events(workdir) -> event_accumulator.EventAccumulator:

@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxvna import losses, registry
-from jaxvna.methods.mivae import evaluation, modules, neuron_features
+from jaxvna.methods.mivae import evaluation, modules
 from jaxvna.models import inputs, towers
 
 
 def prepare(config, dataset) -> dict:
   """The training subjects' neuron table (identity features, standardisation)."""
-  return neuron_features.neuron_table(dataset, tuple(config.mivae.neuron_features))
+  return evaluation.neuron_table(config, dataset, [rec.name for rec in dataset.recordings])
 
 
 def build_model(config, dataset, aux=None):
@@ -85,8 +85,21 @@ def training_subjects(config, dataset):
   return evaluation.split_subjects(config, dataset)[0]
 
 
+def _neurons_shuffled(config):
+  c = config.copy_and_resolve_references()
+  c.mivae.shuffle_neurons = True
+  return c
+
+
+# Trained with every neuron's identity features moved to another neuron (pooled across
+# subjects), miVAE cannot tell a held-out subject's neurons apart: zero-shot at chance.
+NEURONS_SHUFFLED = registry.NullControl(
+    name="null_neurons", change=_neurons_shuffled,
+    at_chance=lambda config, dataset: evaluation.split_subjects(config, dataset)[1],
+    description="neuron identity features shuffled across subjects")
+
 METHODS = {"mivae": registry.Method(
     name="mivae", build_model=build_model, init_args=init_args, objective=objective,
     evaluate=evaluate, prepare=prepare, training_subjects=training_subjects,
     poisson_likelihood=lambda config: True, title="miVAE",
-    example_config="configs/mivae_sim.py")}
+    example_config="configs/mivae_sim.py", null_controls=(NEURONS_SHUFFLED,))}

@@ -53,6 +53,29 @@ def split_subjects(config, dataset: Dataset) -> tuple[Dataset, tuple[str, ...]]:
   return dataset.select(kept), holdout
 
 
+def neuron_table(config, dataset: Dataset, train_names) -> dict:
+  """`neuron_features.neuron_table` of every recording of `dataset` with the kinds of
+  `mivae.neuron_features`.
+
+  With `mivae.shuffle_neurons` (the neuron null control) the identity features are
+  `neuron_features.shuffled_across_subjects`, pooled once over the recordings named in
+  `train_names` (in dataset order, so training and evaluation draw the same permutation)
+  and once over the others (the held-out subjects).
+  """
+  kinds = tuple(config.mivae.neuron_features)
+  if not config.mivae.shuffle_neurons:
+    return neuron_features.neuron_table(dataset, kinds)
+  features = {}
+  for trained in (True, False):
+    recs = [rec for rec in dataset.recordings if (rec.name in train_names) == trained]
+    if recs:
+      shuffled = neuron_features.shuffled_across_subjects(
+          [neuron_features.recording_features(rec, kinds) for rec in recs], seed=config.seed)
+      features.update(zip((rec.name for rec in recs), shuffled))
+  return neuron_features.neuron_table(
+      dataset, kinds, features=[features[rec.name] for rec in dataset.recordings])
+
+
 def axis_rotation(config, params, train_ds: Dataset) -> np.ndarray | None:
   """The rotation that fixes the shared latent axes (`mivae.rotate_axes`): "varimax" of
   the training subjects' decoder loadings, or None (axes as trained)."""
@@ -219,20 +242,19 @@ def attribution_scores(config, enc: Encoders, dataset: Dataset, train_names, wor
 def evaluate(config, model, params, dataset: Dataset, *, workdir=None) -> dict:
   """All miVAE results of a model trained on `dataset` minus `mivae.holdout_subjects`."""
   train_ds, holdout = split_subjects(config, dataset)
-  kinds = tuple(config.mivae.neuron_features)
-  table = neuron_features.neuron_table(dataset, kinds)
+  train_names = [rec.name for rec in train_ds.recordings]
+  table = neuron_table(config, dataset, train_names)
   enc = Encoders(model, params, table, axis_rotation(config, params, train_ds))
   per_subject = {rec.name: discriminative.score_representations(
       subject_representations(enc, rec, s, config.eval.split), config.eval)
       for s, rec in enumerate(dataset.recordings)}
-  train_names = [rec.name for rec in train_ds.recordings]
   within = discriminative.combine_subjects({n: per_subject[n] for n in train_names})
   out = dict(within, per_subject=per_subject)
   if holdout:
     zero_shot = discriminative.combine_subjects({n: per_subject[n] for n in holdout})
     out["zero_shot"] = zero_shot
     out["zero_shot_ratio"] = _ratio(zero_shot, within, str(config.mivae.ratio_n_way))
-  train_table = neuron_features.neuron_table(train_ds, kinds)
+  train_table = neuron_table(config, train_ds, train_names)
   out["held_out_elbo"] = held_out_elbo(config, model, params, train_ds, train_table)
   out.update(attribution_scores(config, enc, dataset, train_names, workdir))
   return out

@@ -143,6 +143,19 @@ def neuron_table(recordings: Sequence[Recording] | Dataset, kinds: Sequence[str]
   return table
 
 
+def shuffled_across_subjects(features: Sequence[np.ndarray], seed: int) -> list[np.ndarray]:
+  """miVAE's neuron null control: the (K_s, F) identity features of several subjects,
+  their rows pooled and permuted (seeded) so that each neuron carries another neuron's
+  features, mostly another subject's; returned in the same shapes.
+
+  A model that reads neurons by these features can no longer tell a new subject's
+  neurons apart by what they encode, so its zero-shot identification must fall to chance.
+  """
+  pooled = np.concatenate([np.asarray(f, np.float32) for f in features])
+  pooled = pooled[np.random.default_rng(seed).permutation(len(pooled))]
+  return np.split(pooled, np.cumsum([len(f) for f in features])[:-1])
+
+
 def check_feature_dim(table: dict, expected: int, where: str) -> None:
   """Raises DataError when a table's feature dimension differs from the model's."""
   got = table["features"].shape[-1]

@@ -78,3 +78,15 @@ def test_feature_dimension_check_names_the_mismatch():
   with pytest.raises(DataError, match="held-out subject x: neuron features have dimension 7; "
                                       "the model was trained with 9"):
     neuron_features.check_feature_dim(table, 9, "held-out subject x")
+
+
+def test_shuffled_across_subjects_moves_rows_between_subjects_and_keeps_them():
+  features = [np.arange(30, dtype=np.float32).reshape(10, 3),
+              100 + np.arange(18, dtype=np.float32).reshape(6, 3)]
+  out = neuron_features.shuffled_across_subjects(features, seed=0)
+  assert [f.shape for f in out] == [(10, 3), (6, 3)]
+  rows = lambda fs: sorted(map(tuple, np.concatenate(fs).tolist()))
+  assert rows(out) == rows(features)                     # a permutation of the rows
+  assert np.any(out[0] >= 100) and np.any(out[1] < 100)  # across subjects
+  again = neuron_features.shuffled_across_subjects(features, seed=0)
+  assert all(np.array_equal(a, b) for a, b in zip(out, again))
