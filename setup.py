@@ -37,6 +37,7 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "nbclient>=0.10", "nbformat>=5.10",
                  "ipykernel>=6", "pynwb>=4.0",
+                 "pytest-xdist>=3.5",  # the suite runs on every core (pyproject.toml)
                  "tensorboard>=2.16"],  # its reader checks the event files runs write
         "nwb": ["pynwb>=4.0"],  # data.kind="nwb" (jaxvna.data.nwb)
     },

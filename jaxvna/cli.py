@@ -58,12 +58,21 @@ def _data(config, flags) -> None:
 
 def _train(config, flags) -> None:
   from jaxvna.training import train
-  train.train_and_evaluate(config, flags.workdir, force=flags.force)
+  _print_summary(config, train.train_and_evaluate(config, flags.workdir, force=flags.force))
 
 
 def _eval(config, flags) -> None:
   from jaxvna.training import train
-  train.evaluate_workdir(config, flags.workdir)
+  _print_summary(config, train.evaluate_workdir(config, flags.workdir))
+
+
+def _print_summary(config, out: dict) -> None:
+  """The method's summary tables of a results.json content (`registry.Method.summary`)."""
+  from jaxvna import registry
+  from jaxvna.training import distributed
+  summary = registry.get(config.method).summary
+  if summary is not None and config.method in out["results"] and distributed.is_primary():
+    print(summary(out["results"][config.method]))
 
 
 def _demo(config, flags) -> None:

@@ -94,6 +94,8 @@ class Method:
     title: how the README and messages name it ("DINA").
     example_config: a shipped config that runs it.
     null_controls: its own `NullControl`s, run with the shuffled-pairs control.
+    summary: (its results) -> text tables that `jaxvna train` and `jaxvna eval` print
+      (None: they print none).
   """
 
   name: str
@@ -110,6 +112,7 @@ class Method:
   title: str = ""
   example_config: str = ""
   null_controls: tuple[NullControl, ...] = ()
+  summary: Callable[[dict], str] | None = None
 
 
 def get(name: str) -> Method:

@@ -7,10 +7,25 @@ import pathlib
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Command-line runs in tests compile afresh (no user-wide cache); test_cli checks the cache.
-os.environ.setdefault("JAXVNA_COMPILATION_CACHE", "")
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
+
+# One compilation cache for the session, in-process and for the command-line runs the
+# tests start: tests build the same tiny programs again and again (never the user-wide
+# cache; test_cli checks that one with its own folder). JAXVNA_TEST_COMPILATION_CACHE=0
+# compiles everything afresh.
+if os.environ.get("JAXVNA_TEST_COMPILATION_CACHE", "1") != "0":
+  _CACHE = tempfile.mkdtemp(prefix="jaxvna-test-compilation-cache-")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ["JAXVNA_COMPILATION_CACHE"] = _CACHE
+  import jax  # noqa: E402
+  jax.config.update("jax_compilation_cache_dir", _CACHE)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+else:
+  os.environ.setdefault("JAXVNA_COMPILATION_CACHE", "")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -64,8 +64,34 @@ def test_every_result_file_names_its_command_and_is_listed_in_the_readme(path):
   assert f"| `results/{path.name}` | `{provenance['command']}` |" in README, path.name
 
 
-def test_readme_new_subject_table_is_the_result_file():
-  from jaxvna.commands import new_subject
-  out = json.loads((REPO / "results" / "new_subject_sim.json").read_text())
-  table = new_subject.summary_table(out)
-  assert _indented(table) in README, f"README's new-subject table differs:\n{table}"
+def _summary(name):
+  """The summary table that the command behind results/<name>.json prints."""
+  from jaxvna.commands import new_subject, scaling
+  from jaxvna.methods.dina import interpret
+  from jaxvna.methods.migvis import visualize
+  from jaxvna.methods.mivae import evaluation as mivae_evaluation
+  out = json.loads((REPO / "results" / f"{name}.json").read_text())
+  if name.startswith("new_subject"):
+    return new_subject.summary_table(out)
+  if name.startswith("scaling"):
+    return scaling.summary_table(out)
+  if name.startswith("mivae"):
+    return mivae_evaluation.summary_table(out["results"]["mivae"])
+  if name.startswith("dina_interpret"):
+    return interpret.summary_table(out)
+  if name.startswith("migvis"):
+    return visualize.summary_table(out)
+  return demo.null_control_table(out["results"])   # a `jaxvna train` run's null control
+
+
+SUMMARIES = ["new_subject_sim", "new_subject_v4", "scaling_sim", "mivae_sim", "mivae_v4",
+             "dina_sim", "dina_interpret_sim", "migvis_sim", "direct_encoding_null_seed1",
+             "direct_encoding_null_seed2"]
+
+
+@pytest.mark.parametrize("name", [n for n in SUMMARIES
+                                  if (REPO / "results" / f"{n}.json").exists()])
+def test_readme_summary_table_is_the_result_file(name):
+  table = _summary(name)
+  shown = table if table.startswith("|") else _indented(table)
+  assert shown in README, f"README's table of results/{name}.json differs:\n{table}"

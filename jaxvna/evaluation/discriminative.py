@@ -26,7 +26,6 @@ from typing import Callable
 
 import numpy as np
 
-from jaxvna import errors
 from jaxvna.data import Dataset, Recording
 from jaxvna.evaluation import identification, predictivity
 

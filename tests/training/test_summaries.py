@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
-from jaxvna.commands import demo
 from jaxvna.configs import vna_sim
 from jaxvna.errors import ConfigError
 from jaxvna.training import summaries, train

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from jaxvna.errors import RefusedPathError, UserError
+from jaxvna.errors import RefusedPathError
 from jaxvna.training import workdir_lock
 from jaxvna.training.workdir_lock import LOCK_FILE, MARKER_FILE, WorkdirLockedError
 

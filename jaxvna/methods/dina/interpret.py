@@ -447,7 +447,47 @@ def run(config, workdir, *, force: bool = False) -> dict:
                           results={"interpret": out},
                           figures=[pathlib.Path(workdir) / f for f in out["files"]
                                    if f.endswith(summaries.FIGURE_SUFFIX)])
+  print(summary_table(out))
+  print(f"\nresults: {pathlib.Path(workdir) / 'interpret.json'}")
   return out
+
+
+# Targets of the method (docs: science.md), on the simulator's truth.
+TARGETS = {"spatial_rf_corr": 0.6, "key_neuron_auc": 0.85}
+
+
+def summary_table(out: dict, kept: float = 0.5) -> str:
+  """Markdown table of interpret.json (`interpret`): the truth scores (simulator) with
+  their targets, the frequency probe, the ablation at `kept` of the neurons, wall time."""
+  rows = ["| | measured | target | |", "|---|---|---|---|"]
+
+  def row(label, value, key=None):
+    target = TARGETS.get(key)
+    verdict = "" if target is None else ("met" if out[key] >= target else "NOT met")
+    rows.append(f"| {label} | {value} | {'' if target is None else f'>= {target}'} | "
+                f"{verdict} |")
+
+  if "spatial_rf_corr" in out:
+    row("spatial_rf_corr, gradient x activation", f"{out['spatial_rf_corr']:.3f}",
+        "spatial_rf_corr")
+    row("spatial_rf_corr, occlusion", f"{out['spatial_rf_corr_occlusion']:.3f}")
+    levels = out.get("spatial_rf_corr_per_level", {})
+    if levels:
+      row(f"spatial_rf_corr, {' / '.join(levels)}",
+          " / ".join(f"{v:.3f}" for v in levels.values()))
+    row("key_neuron_auc, occlusion", f"{out['key_neuron_auc']:.3f}", "key_neuron_auc")
+    row("key_neuron_auc, gradient x input", f"{out['key_neuron_auc_gradient']:.3f}")
+  probe = out["frequency_probe"]
+  row(f"{out['n_way']}-way decoding: unfiltered / low-pass / high-pass",
+      " / ".join(f"{probe[k]:.3f}" for k in ("unfiltered", "low_pass", "high_pass")))
+  ablation = out["ablation"]
+  if kept in ablation["fractions"]:
+    i = ablation["fractions"].index(kept)
+    row(f"ablation, {kept:.0%} of neurons kept: top-ranked / random",
+        f"{ablation['accuracy_top_ranked'][i]:.3f} / {ablation['accuracy_random'][i]:.3f}")
+  if "provenance" in out:
+    row("wall time, train + interpret", f"{out['provenance']['wall_time_s'] / 60:.1f} min")
+  return "\n".join(rows)
 
 
 # ----------------------------------------------------------------------------- figures

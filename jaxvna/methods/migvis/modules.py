@@ -39,14 +39,14 @@ reference bank of observed group values z_j (`MICritic.pointwise_mi`).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvna import errors, losses
+from jaxvna import losses
 from jaxvna.models import distributions, towers
 
 FACTOR_SOURCES = ("latents", "image_factors")

@@ -57,7 +57,6 @@ toward the high value (weakest first).
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import time
@@ -429,7 +428,30 @@ def visualize(config, workdir, *, force: bool = False) -> dict:
   summaries.write_outputs(workdir, config.stages.diffusion.steps,
                           results={"visualize": results},
                           figures=[workdir / f for f in figures])
-  print(json.dumps({k: results[k] for k in ("target_shift", "offtarget_shift",
-                                            "unguided_shift", "target_met")}, indent=1))
-  print(f"results: {workdir / 'visualize.json'}   figures: {', '.join(figures)}")
+  print(summary_table(results))
+  print(f"\nresults: {workdir / 'visualize.json'}   figures: {', '.join(figures)}")
   return results
+
+
+def summary_table(results: dict) -> str:
+  """Markdown table of visualize.json: the shifts at the largest guidance scale as the
+  read-out and the critic see them, the target (target shift >= 2x both the off-target
+  and the unguided shift), the critic's bounds and, on the simulator, disentanglement."""
+  t, o, u = (results[k] for k in ("target_shift", "offtarget_shift", "unguided_shift"))
+  critic = results["critic"]
+  rows = ["| | measured |", "|---|---|",
+          f"| `target_shift` (s = {results['scales'][-1]:g}) | {t:.3f} |",
+          f"| `offtarget_shift` | {o:.3f} (ratio {t / o:.2f}x) |",
+          f"| `unguided_shift` | {u:.3f} (ratio {t / u:.1f}x) |",
+          f"| target: both ratios >= 2x | {'met' if results['target_met'] else 'NOT met'} |",
+          f"| shifts read by the critic: target / off-target | "
+          f"{critic['target_shift']:.2f} / {critic['offtarget_shift']:.2f} |",
+          "| critic's held-out InfoNCE bound per group, nats | "
+          + ", ".join(f"{b:.2f}" for b in results["critic_mi_bound"]) + " |"]
+  if "disentanglement" in results:
+    d = results["disentanglement"]
+    rows.append(f"| VAE against the true factors: MIG / SAP / MCC | {d['mig']:.2f} / "
+                f"{d['sap']:.2f} / {d['mcc']:.2f} |")
+  if "provenance" in results:
+    rows.append(f"| wall time | {results['provenance']['wall_time_s'] / 60:.1f} min |")
+  return "\n".join(rows)

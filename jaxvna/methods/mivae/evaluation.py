@@ -258,3 +258,51 @@ def evaluate(config, model, params, dataset: Dataset, *, workdir=None) -> dict:
   out["held_out_elbo"] = held_out_elbo(config, model, params, train_ds, train_table)
   out.update(attribution_scores(config, enc, dataset, train_names, workdir))
   return out
+
+
+# The targets of the method (docs: science.md), shown beside the measured values.
+TARGETS = {"mcc": 0.8, "zero_shot_ratio": 0.8, "rf_corr": 0.7, "responsive_auc": 0.85}
+METRICS = {
+    "mcc": "z_x^c of the training subjects vs the true latent factors",
+    "mcc_zero_shot": "the same for the held-out subjects",
+    "mcc_image": "z_y^c vs the true latent factors",
+    "zero_shot_ratio": "held-out / training subjects, N-way top-1",
+    "rf_corr": "pixel attribution vs true factor receptive fields",
+    "responsive_auc": "neuron attribution vs the true responsive mask",
+    "held_out_elbo": "nats per neuron and trial",
+}
+
+
+def summary_table(results: dict, n_way: str = "10") -> str:
+  """Markdown tables of `evaluate`'s results: the scalar metrics against their targets,
+  then N-way top-1 of the training and the held-out subjects, with the null controls
+  (present when the run made them) checked against chance's 99% band."""
+  rows = ["| metric | measured | target | |", "|---|---|---|---|"]
+  for key, what in METRICS.items():
+    if results.get(key) is not None:
+      target = TARGETS.get(key)
+      verdict = "" if target is None else ("met" if results[key] >= target else "NOT met")
+      rows.append(f"| `{key}`: {what} | {results[key]:.3f} | "
+                  f"{'' if target is None else f'>= {target}'} | {verdict} |")
+  cell = lambda r: f"{r['top1']:.3f} [{r['top1_ci95'][0]:.2f}, {r['top1_ci95'][1]:.2f}]"
+  band = lambda c: f"{c['top1']:.3f} (chance band {c['band'][0]:.3f}-{c['band'][1]:.3f})"
+  top = [f"| {n_way}-way top-1 | decoding | encoding | at chance |", "|---|---|---|---|",
+         f"| training subjects | {cell(results['decoding'][n_way])} | "
+         f"{cell(results['encoding'][n_way])} | |"]
+  if "zero_shot" in results:
+    top.append(f"| held-out subjects, zero-shot | {cell(results['zero_shot']['decoding'][n_way])}"
+               f" | {cell(results['zero_shot']['encoding'][n_way])} | |")
+  nulls = (("null_control", "pairs shuffled within subject", None),
+           ("null_neurons", "neuron features shuffled across subjects", "training subjects"))
+  for key, what, also in nulls:
+    if "chance_check" not in results.get(key, {}):
+      continue
+    null, check = results[key], results[key]["chance_check"]
+    if also:
+      top.append(f"| null control, {what}: {also} | {cell(null['decoding'][n_way])} | "
+                 f"{cell(null['encoding'][n_way])} | not checked |")
+    ok = check["decoding"][n_way]["at_chance"] and check["encoding"][n_way]["at_chance"]
+    top.append(f"| null control, {what}: {', '.join(check['subjects'])} | "
+               f"{band(check['decoding'][n_way])} | {band(check['encoding'][n_way])} | "
+               f"{'yes' if ok else 'NO'} |")
+  return "\n".join(rows) + "\n\n" + "\n".join(top)

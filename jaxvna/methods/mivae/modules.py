@@ -41,8 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvna.models import towers
-from jaxvna.models.distributions import (gaussian_kl, gaussian_log_density,
-                                         poisson_log_likelihood, sample)
+from jaxvna.models.distributions import gaussian_kl, poisson_log_likelihood, sample
 
 Dtype = Any
 _LOG_2PI = math.log(2 * math.pi)
