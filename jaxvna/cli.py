@@ -71,8 +71,9 @@ def _print_summary(config, out: dict) -> None:
   from jaxvna import registry
   from jaxvna.training import distributed
   summary = registry.get(config.method).summary
-  if summary is not None and config.method in out["results"] and distributed.is_primary():
-    print(summary(out["results"][config.method]))
+  results = out["results"].get(config.method)
+  if summary is not None and results is not None and distributed.is_primary():
+    print(summary(results))
 
 
 def _demo(config, flags) -> None:

@@ -486,7 +486,8 @@ def summary_table(out: dict, kept: float = 0.5) -> str:
     row(f"ablation, {kept:.0%} of neurons kept: top-ranked / random",
         f"{ablation['accuracy_top_ranked'][i]:.3f} / {ablation['accuracy_random'][i]:.3f}")
   if "provenance" in out:
-    row("wall time, train + interpret", f"{out['provenance']['wall_time_s'] / 60:.1f} min")
+    row("wall time of `jaxvna interpret` (training included when it trained)",
+        f"{out['provenance']['wall_time_s'] / 60:.1f} min")
   return "\n".join(rows)
 
 

@@ -453,5 +453,6 @@ def summary_table(results: dict) -> str:
     rows.append(f"| VAE against the true factors: MIG / SAP / MCC | {d['mig']:.2f} / "
                 f"{d['sap']:.2f} / {d['mcc']:.2f} |")
   if "provenance" in results:
-    rows.append(f"| wall time | {results['provenance']['wall_time_s'] / 60:.1f} min |")
+    rows.append(f"| wall time of `jaxvna visualize` (training included when it trained) | "
+                f"{results['provenance']['wall_time_s'] / 60:.1f} min |")
   return "\n".join(rows)
