@@ -84,7 +84,8 @@ def _summary(name):
   return demo.null_control_table(out["results"])   # a `jaxvna train` run's null control
 
 
-SUMMARIES = ["new_subject_sim", "new_subject_v4", "scaling_sim", "mivae_sim", "mivae_v4",
+SUMMARIES = ["new_subject_sim", "new_subject_v4", "scaling_sim", "mivae_sim", "mivae_sim_seed1",
+             "mivae_v4",
              "dina_sim", "dina_interpret_sim", "migvis_sim", "migvis_sim_validation",
              "direct_encoding_null_seed1",
              "direct_encoding_null_seed2"]
