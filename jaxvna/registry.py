@@ -45,22 +45,26 @@ def _never(config) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class NullControl:
-  """A control of a method besides the one every method gets (image-response pairs
-  shuffled within subject): the same training under `change(config)`, in
-  workdir/<name>, evaluated the same way, reported under results[<method>][<name>].
+  """A null control: the run's training again under `change(config)` on `data(config,
+  dataset)`, in workdir/<name>, evaluated the same way on the same held-out images and
+  reported under results[<method>][<name>]. Every method gets image-response pairs
+  shuffled within subject (`training.train.PAIRS_SHUFFLED`); a method adds its own in
+  `Method.null_controls`.
 
   Attributes:
     name: its workdir and results key ("null_neurons").
-    change: config -> the control's config (a changed copy).
     at_chance: (config, dataset) -> the subjects whose identification must then sit at
-      chance (e.g. only the held-out ones).
+      chance (e.g. only the held-out ones; none: the control is skipped).
     description: what is shuffled, for tables and warnings.
+    change: config -> the control's config (a changed copy; default: the run's).
+    data: (config, dataset) -> the control's dataset (default: the run's).
   """
 
   name: str
-  change: Callable[[Any], Any]
   at_chance: Callable[[Any, Any], Any]
   description: str
+  change: Callable[[Any], Any] = lambda config: config
+  data: Callable[[Any, Any], Any] = lambda config, dataset: dataset
 
 
 @dataclasses.dataclass(frozen=True)

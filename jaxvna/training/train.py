@@ -634,9 +634,10 @@ def null_control_on(config, *, default: bool) -> bool:
 
 
 PAIRS_SHUFFLED = registry.NullControl(
-    name="null_control", change=lambda config: config,
+    name="null_control",
     at_chance=lambda config, dataset: [rec.name for rec in dataset.recordings],
-    description="image-response pairs shuffled within subject")
+    description="image-response pairs shuffled within subject",
+    data=lambda config, dataset: dataset_lib.shuffle_training_pairs(dataset, config.seed))
 
 
 def null_controls(config) -> tuple[registry.NullControl, ...]:
@@ -663,8 +664,7 @@ def run_null_controls(config, dataset: Dataset, workdir, *, force: bool = False,
     if not train_it and not (control_dir / "checkpoints").is_dir():
       continue
     control_config = control.change(config)
-    data = (dataset_lib.shuffle_training_pairs(dataset, seed=config.seed)
-            if control is PAIRS_SHUFFLED else dataset)
+    data = control.data(config, dataset)
     subjects = control.at_chance(control_config, data)
     if not subjects:
       logging.info("%s skipped: no subject it could check", control.name)
