@@ -84,9 +84,9 @@ def _summary(name):
   return demo.null_control_table(out["results"])   # a `jaxvna train` run's null control
 
 
-SUMMARIES = ["new_subject_sim", "new_subject_v4", "scaling_sim", "mivae_sim", "mivae_sim_seed1",
+SUMMARIES = ["new_subject_sim", "new_subject_v4", "scaling_sim", "scaling_v4", "mivae_sim", "mivae_sim_seed1",
              "mivae_v4",
-             "dina_sim", "dina_interpret_sim", "migvis_sim", "migvis_sim_validation",
+             "dina_sim", "dina_interpret_sim", "dina_interpret_v4", "migvis_sim", "migvis_sim_validation",
              "direct_encoding_null_seed1",
              "direct_encoding_null_seed2"]
 
