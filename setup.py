@@ -38,7 +38,9 @@ setuptools.setup(
         "test": ["pytest>=8", "hypothesis>=6", "nbclient>=0.10", "nbformat>=5.10",
                  "ipykernel>=6", "pynwb>=4.0",
                  "pytest-xdist>=3.5",  # the suite runs on every core (pyproject.toml)
-                 "tensorboard>=2.16"],  # its reader checks the event files runs write
+                 "tensorboard>=2.16",  # its reader checks the event files runs write
+                 # the reference forward passes of the pretrained-backbone tests
+                 "torch>=2.9", "torchvision>=0.24"],
         "nwb": ["pynwb>=4.0"],  # data.kind="nwb" (jaxvna.data.nwb)
     },
     entry_points={"console_scripts": ["jaxvna = jaxvna.cli:run"]},

@@ -8,6 +8,7 @@ import pathlib
 import pytest
 
 from jaxvna.commands import demo
+from jaxvna.evaluation import discriminative
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -44,9 +45,8 @@ def test_readme_null_control_table_is_the_result_file_and_at_chance(name):
   # Every null row at chance but one: on the simulator, direct encoding's null decodes at
   # 2-way 0.531 (band 0.481-0.519) and at 10-way 0.1144 (band to 0.1138). The band covers
   # the query sample, not the null model's own chance alignment; a new leak elsewhere fails.
-  off = {(method, task, n) for method, res in results.items()
-         for task in ("decoding", "encoding")
-         for n, c in res["null_control"]["chance_check"][task].items() if not c["at_chance"]}
+  off = {(method, *task_n) for method, res in results.items()
+         for task_n in discriminative.off_chance(res["null_control"]["chance_check"])}
   assert off == ({("direct_encoding", "decoding", "2"), ("direct_encoding", "decoding", "10")}
                  if name == "demo" else set())
 
@@ -106,7 +106,5 @@ def test_every_null_control_in_the_result_files_sits_at_chance(path):
   for method, res in results.items():
     for control in ("null_control", "null_neurons"):
       if control in res:
-        check = res[control]["chance_check"]
-        off = {(task, n) for task in ("decoding", "encoding")
-               for n, c in check[task].items() if not c["at_chance"]}
+        off = set(discriminative.off_chance(res[control]["chance_check"]))
         assert off == exceptions.get((path.stem, method, control), set()), (path.name, method)

@@ -1,7 +1,8 @@
 """Metrics: N-way discriminative identification (`identification`), neural predictivity
 (`predictivity`), latent recovery against a ground truth (`identifiability`: MCC),
-disentanglement scores (`disentanglement`: MIG, SAP), and the per-subject evaluation of a
-method's held-out representations (`discriminative`). The first two are re-exported here;
+disentanglement scores (`disentanglement`: MIG, SAP), the per-subject evaluation of a
+method's held-out representations (`discriminative`), and a value against its target
+(`targets`). The first two are re-exported here;
 all are plain numpy at import, so importing them stays light."""
 
 from jaxvna.evaluation.identification import (

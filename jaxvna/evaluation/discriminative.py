@@ -237,3 +237,9 @@ def chance_check(results: dict, *, subjects=None, z: float = 2.576) -> dict:
   out["subjects"] = sorted(results["per_subject"]) if subjects is None else list(subjects)
   out["at_chance"] = every
   return out
+
+
+def off_chance(check: dict) -> list[tuple[str, str]]:
+  """The (task, N) of a `chance_check` whose top-1 lies outside chance's band."""
+  return [(task, n) for task in ("decoding", "encoding")
+          for n, c in check[task].items() if not c["at_chance"]]

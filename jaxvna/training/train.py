@@ -682,9 +682,10 @@ def run_null_controls(config, dataset: Dataset, workdir, *, force: bool = False,
       if isinstance(res, dict) and "per_subject" in res and "decoding" in res:
         res["chance_check"] = discriminative.chance_check(res, subjects=subjects)
         if not res["chance_check"]["at_chance"] and primary:
-          off = [f"{task} {n}-way {c['top1']:.3f} (chance band {c['band'][0]:.3f}-"
-                 f"{c['band'][1]:.3f})" for task in ("decoding", "encoding")
-                 for n, c in res["chance_check"][task].items() if not c["at_chance"]]
+          check = res["chance_check"]
+          off = [f"{task} {n}-way {check[task][n]['top1']:.3f} (chance band "
+                 f"{check[task][n]['band'][0]:.3f}-{check[task][n]['band'][1]:.3f})"
+                 for task, n in discriminative.off_chance(check)]
           logging.warning("%s of %s (%s) is off chance: %s. It should identify nothing; look "
                           "for a leak between the splits or in the evaluation.", control.name,
                           name, control.description, "; ".join(off))

@@ -91,4 +91,10 @@ def test_chance_check_passes_noise_and_flags_signal():
   assert lo < 0.1 < hi and hi - 0.1 < 0.03
   # A weak signal (10-way top-1 about 0.2) is off chance.
   weak = _per_subject([rng.normal(size=(300, 300)) + 0.6 * np.eye(300) for _ in range(2)])
-  assert not discriminative.chance_check(weak)["decoding"]["10"]["at_chance"]
+  weak_check = discriminative.chance_check(weak)
+  assert not weak_check["decoding"]["10"]["at_chance"]
+  assert discriminative.off_chance(check) == []
+  assert ("decoding", "10") in discriminative.off_chance(weak_check)
+  assert set(discriminative.off_chance(weak_check)) == {
+      (task, n) for task in ("decoding", "encoding") for n in ("2", "10")
+      if not weak_check[task][n]["at_chance"]}

@@ -65,7 +65,7 @@ import numpy as np
 
 from jaxvna import errors, files
 from jaxvna.data import Dataset
-from jaxvna.evaluation import discriminative, identifiability, identification
+from jaxvna.evaluation import discriminative, identifiability, identification, targets
 
 PairSimilarity = Callable[..., jax.Array]
 
@@ -462,10 +462,7 @@ def summary_table(out: dict, kept: float = 0.5) -> str:
   rows = ["| | measured | target | |", "|---|---|---|---|"]
 
   def row(label, value, key=None):
-    target = TARGETS.get(key)
-    verdict = "" if target is None else ("met" if out[key] >= target else "NOT met")
-    rows.append(f"| {label} | {value} | {'' if target is None else f'>= {target}'} | "
-                f"{verdict} |")
+    rows.append(f"| {label} | {value} | {targets.target_cells(out.get(key), TARGETS.get(key))} |")
 
   if "spatial_rf_corr" in out:
     row("spatial_rf_corr, gradient x activation", f"{out['spatial_rf_corr']:.3f}",

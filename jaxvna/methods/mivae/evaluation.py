@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from jaxvna import errors
 from jaxvna.data import Dataset
-from jaxvna.evaluation import discriminative, identifiability, identification
+from jaxvna.evaluation import discriminative, identifiability, identification, targets
 from jaxvna.methods.mivae import attribution, neuron_features
 from jaxvna.methods.mivae import modules as mivae
 from jaxvna.models import inputs
@@ -254,8 +254,10 @@ def evaluate(config, model, params, dataset: Dataset, *, workdir=None) -> dict:
     zero_shot = discriminative.combine_subjects({n: per_subject[n] for n in holdout})
     out["zero_shot"] = zero_shot
     out["zero_shot_ratio"] = _ratio(zero_shot, within, str(config.mivae.ratio_n_way))
-  train_table = neuron_table(config, train_ds, train_names)
-  out["held_out_elbo"] = held_out_elbo(config, model, params, train_ds, train_table)
+  # The training subjects' rows of the table (same order as in train_ds; wider padding).
+  rows = [s for s, rec in enumerate(dataset.recordings) if rec.name in train_names]
+  out["held_out_elbo"] = held_out_elbo(config, model, params, train_ds,
+                                       {k: v[rows] for k, v in table.items()})
   out.update(attribution_scores(config, enc, dataset, train_names, workdir))
   return out
 
@@ -281,10 +283,8 @@ def summary_table(results: dict, n_way: str = "10") -> str:
   rows = ["| metric | measured | target | |", "|---|---|---|---|"]
   for key, what in METRICS.items():
     if results.get(key) is not None:
-      target = TARGETS.get(key)
-      verdict = "" if target is None else ("met" if results[key] >= target else "NOT met")
       rows.append(f"| `{key}`: {what} | {results[key]:.3f} | "
-                  f"{'' if target is None else f'>= {target}'} | {verdict} |")
+                  f"{targets.target_cells(results[key], TARGETS.get(key))} |")
   cell = lambda r: f"{r['top1']:.3f} [{r['top1_ci95'][0]:.2f}, {r['top1_ci95'][1]:.2f}]"
   band = lambda c: f"{c['top1']:.3f} (chance band {c['band'][0]:.3f}-{c['band'][1]:.3f})"
   top = [f"| {n_way}-way top-1 | decoding | encoding | at chance |", "|---|---|---|---|",
@@ -302,8 +302,7 @@ def summary_table(results: dict, n_way: str = "10") -> str:
     if also:
       top.append(f"| null control, {what}: {also} | {cell(null['decoding'][n_way])} | "
                  f"{cell(null['encoding'][n_way])} | not checked |")
-    off = [f"{task} {n}-way" for task in ("decoding", "encoding")
-           for n, c in check[task].items() if not c["at_chance"]]
+    off = [f"{task} {n}-way" for task, n in discriminative.off_chance(check)]
     top.append(f"| null control, {what}: {', '.join(check['subjects'])} | "
                f"{band(check['decoding'][n_way])} | {band(check['encoding'][n_way])} | "
                f"{'yes, at every N' if not off else 'NO: ' + ', '.join(off)} |")
