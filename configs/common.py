@@ -28,6 +28,11 @@ IMAGE_TOWERS = {
     "mlp": dict(hidden=(512, 256), activation="relu", input_mean=0.5, input_std=0.25),
     # precomputed features of a frozen network (data field image_features) -> MLP
     "features": dict(hidden=(512,), activation="relu"),
+    # a pretrained network (jaxvna.models.backbones) run on the pixels, its stage `layer`
+    # pooled (mean | none | k: k x k blocks) -> MLP; `freeze` locks the network's weights;
+    # input_size 0: the network's own (224 for the ResNets)
+    "backbone": dict(backbone="resnet50", weights_file="", layer="layer3", pool="mean",
+                     input_size=0, freeze=True, hidden=(512,), activation="relu"),
 }
 # Images are scaled to [0, 1] and standardised with the FIXED input_mean and input_std, not
 # per image, which would erase the luminance and contrast that neurons respond to.

@@ -3,6 +3,10 @@
 Commands:
   demo   train VNA and the baselines on the embedded simulator and compare them.
   data   print a summary of the configured dataset; with --prepare_dir, build its TFDS copy.
+  features  compute a pretrained backbone's features (--backbone, --weights, --layer,
+            --pool) of every image of the configured dataset and write the recordings
+            with them to --out_dir (one .npz each, features.json; --prepare_dir: also
+            their TFDS copy), for configs/vna_features.py.
   train  train the configured model, then evaluate it (workdir/results.json).
   eval   evaluate the latest checkpoint in --workdir.
   interpret  train DINA in --workdir if needed, then explain it: contribution maps, key
@@ -54,6 +58,27 @@ def _data(config, flags) -> None:
     from jaxvna.training import train
     dataset = train.load_dataset(config)
   print(summarize(dataset))
+
+
+def _features(config, flags) -> None:
+  from jaxvna.commands import features
+  from jaxvna.errors import ConfigError
+  missing = [f"--{name}" for name in ("backbone", "weights", "layer", "out_dir")
+             if not flags[name].value]
+  if missing:
+    raise ConfigError(f"{', '.join(missing)} required (e.g. --backbone=resnet50 "
+                      "--weights=resnet50.pth --layer=layer3 --out_dir=v4_resnet50_layer3)")
+  manifest = features.run(
+      config, backbone=flags.backbone, weights=flags.weights, layer=flags.layer,
+      pool=flags.pool, out_dir=flags.out_dir, input_size=flags.input_size or None,
+      batch_size=flags.batch_size, prepare_dir=flags.prepare_dir)
+  print(f"wrote {len(manifest['files'])} recordings with {manifest['feature_dim']} "
+        f"features per image ({manifest['backbone']} {manifest['layer']}, pool "
+        f"{manifest['pool']}) to {flags.out_dir}")
+  if "prepared_dir" in manifest:
+    print(f"prepared their TFDS copy at {manifest['prepared_dir']}")
+  print(f"train on them: jaxvna train --config=configs/vna_features.py:{flags.out_dir} "
+        "--workdir=W")
 
 
 def _train(config, flags) -> None:
@@ -120,6 +145,7 @@ def _method_verb(verb: str) -> Callable[[Any, Any], Any]:
 COMMANDS: dict[str, Command] = {
     "demo": Command(_demo, "vna_sim.py", holds_workdir=True),
     "data": Command(_data, "vna_sim.py"),
+    "features": Command(_features, "vna_sim.py"),
     "train": Command(_train, holds_workdir=True),
     "eval": Command(_eval),
     "bench": Command(_bench, "bench_dina_mlp.py"),
@@ -148,12 +174,23 @@ def _define_flags(command: str):
       "config", _packaged_config(default) if default else None,
       "Path to a config file (a Python file with get_config()); `path:arg` passes arg.",
       lock_config=True)
-  flags.DEFINE_string("workdir", "workdir" if command != "data" else None,
+  flags.DEFINE_string("workdir", "workdir" if command not in ("data", "features") else None,
                       "Folder for checkpoints, logs and results.")
   flags.DEFINE_bool("force", False, "Reuse a workdir that holds a run of another config.")
   flags.DEFINE_bool("verbose", False, "Show the traceback of errors in the data, config or "
                     "paths given (they are otherwise printed on one line).")
-  flags.DEFINE_string("prepare_dir", None, "data: build the TFDS (ArrayRecord) copy here.")
+  flags.DEFINE_string("prepare_dir", None, "data, features: build the TFDS (ArrayRecord) "
+                      "copy here.")
+  flags.DEFINE_string("backbone", None, "features: resnet18 | resnet50 | vit | "
+                      "package.module:factory (a function of --weights returning a Backbone).")
+  flags.DEFINE_string("weights", None, "features: the backbone's parameter file (.pth / .npz; "
+                      "'random' for a randomly initialised ResNet, to try the pipeline).")
+  flags.DEFINE_string("layer", None, "features: the backbone stage (e.g. layer3, block8).")
+  flags.DEFINE_string("pool", "mean", "features: mean | none | k (the mean of k x k blocks).")
+  flags.DEFINE_string("out_dir", None, "features: folder for the .npz files and features.json.")
+  flags.DEFINE_integer("input_size", 0, "features: side the images are resized to (0: the "
+                       "backbone's own).")
+  flags.DEFINE_integer("batch_size", 64, "features: images per step.")
   flags.DEFINE_integer("devices", 8, "dryrun: the number of (fake CPU) devices of the mesh.")
   flags.DEFINE_string("profile_steps", None,
                       "A:B: a jax.profiler trace of training steps A..B in workdir/profile "

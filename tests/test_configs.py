@@ -9,6 +9,7 @@ import pytest
 from jaxvna import configs
 from jaxvna.configs import dina_sim, vna_sim
 from jaxvna.training import preflight
+from toy_recordings import features_folder
 
 NAMES = configs.names()
 METHODS = ("vna", "direct_encoding", "direct_decoding", "mivae", "dina", "group_vae")
@@ -16,6 +17,19 @@ METHODS = ("vna", "direct_encoding", "direct_decoding", "mivae", "dina", "group_
 
 def _module(name):
   return importlib.import_module(f"jaxvna.configs.{name}")
+
+
+@pytest.fixture(scope="module")
+def features_dir(tmp_path_factory):
+  return features_folder(tmp_path_factory.mktemp("features"))
+
+
+def _get_config(name, arg, features_dir):
+  """get_config(arg) of a shipped config; vna_features.py's argument starts with the
+  folder of feature files it trains on."""
+  if name == "vna_features":
+    arg = f"{features_dir},{arg}" if arg else str(features_dir)
+  return _module(name).get_config(arg)
 
 
 def test_configs_dir_holds_the_shipped_configs():
@@ -40,8 +54,9 @@ def test_a_config_file_anywhere_builds_on_the_shipped_ones(tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_every_shipped_config_and_its_tiny_variant_build(name):
-  default, tiny = _module(name).get_config(), _module(name).get_config("tiny")
+def test_every_shipped_config_and_its_tiny_variant_build(name, features_dir):
+  default, tiny = (_get_config(name, None, features_dir),
+                   _get_config(name, "tiny", features_dir))
   for config in (default, tiny):
     assert config.method in METHODS
     assert config.train.steps > 0 and config.train.batch_size > 0
@@ -53,6 +68,9 @@ def test_every_shipped_config_and_its_tiny_variant_build(name):
     assert tiny.bench.num_neurons < default.bench.num_neurons
   elif default.data.kind == "simulator":
     assert tiny.data.kwargs.num_images < default.data.kwargs.num_images
+  elif default.data.kind == "npz":  # the files of `jaxvna features`, all of them
+    assert tiny.data.kwargs.paths == default.data.kwargs.paths
+    assert len(default.data.kwargs.paths) == 3
   else:  # a few of the recorded sessions
     assert default.data.sessions in (None, ("201025",)) and 1 <= len(tiny.data.sessions) <= 2
 
@@ -84,3 +102,14 @@ def test_scaling_configs_define_a_study_of_nested_fractions(arg):
     fractions = tuple(config.scaling.fractions)
     assert len(fractions) >= 3 and fractions == tuple(sorted(fractions)) and fractions[-1] == 1.0
     assert config.scaling.bootstrap >= 200 and config.data.train_fraction == 1.0
+
+
+def test_the_features_config_reads_the_folder_and_trains_the_features_head(features_dir,
+                                                                          tmp_path):
+  config = _get_config("vna_features", None, features_dir)
+  assert config.data.kwargs.paths == tuple(str(features_dir / f"{n}.npz") for n in "abc")
+  assert config.model.image_tower.type == "features"
+  with pytest.raises(ValueError, match="holds no .npz files"):
+    _module("vna_features").get_config(str(tmp_path))
+  with pytest.raises(ValueError, match="pass the folder"):
+    _module("vna_features").get_config("tiny")

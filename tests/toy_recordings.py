@@ -46,3 +46,16 @@ def vna_demo_run(config, workdir):
     patch.setattr(registry, "in_demo", lambda: [registry.get("vna")])
     demo.run(config, workdir)
   return workdir
+
+
+def features_folder(folder, num_features=6, seed=0):
+  """`folder` holding the toy recordings as `jaxvna features` writes them (one .npz each,
+  with image_features), for configs/vna_features.py."""
+  import dataclasses
+  from jaxvna.data import readers
+  folder.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  for rec in make_dataset(seed).recordings:
+    feats = rng.normal(size=(rec.num_images, num_features)).astype(np.float32)
+    readers.write_npz(dataclasses.replace(rec, image_features=feats), folder / f"{rec.name}.npz")
+  return folder

@@ -692,7 +692,7 @@ def read_npz(paths: PathLike | Iterable[PathLike], *,
                               for p in as_paths(paths)))
 
 
-def _written_by_write_npz(path: pathlib.Path) -> bool:
+def written_by_write_npz(path: pathlib.Path) -> bool:
   """Whether `path` is an archive that `write_npz` wrote (it holds the NPZ_MARKER entry)."""
   try:
     with zipfile.ZipFile(path) as archive:
@@ -731,7 +731,7 @@ def write_npz(recording: Recording, path: PathLike, *, compress: bool = True) ->
   arrays[NPZ_MARKER] = np.array(NPZ_FORMAT)
   save = np.savez_compressed if compress else np.savez
   return files.atomic_write(path, lambda f: save(f, **arrays), "wb",
-                            is_ours=_written_by_write_npz,
+                            is_ours=written_by_write_npz,
                             what="an .npz archive written by jaxvna's write_npz")
 
 

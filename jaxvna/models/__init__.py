@@ -1,7 +1,10 @@
 """Layers and towers shared by the methods:
 
   towers         Flax towers of the dual encoder and the direct baselines (conv, MLP,
-                 feature head, Gabor-energy front end, per-subject read-in and read-out)
+                 feature head, pretrained backbone, Gabor-energy front end, per-subject
+                 read-in and read-out)
+  backbones      pretrained image networks (torchvision ResNets, big_vision ViT / SigLIP,
+                 your own): loading, every stage, features of an image set
   inputs         what a model reads from a batch; example inputs for `model.init`
   distributions  diagonal Gaussians and Poisson counts of the VAEs
   gabor_ridge    the numpy Gabor-energy + ridge reference (Kay et al. 2008 style)
@@ -12,7 +15,7 @@ Importing this package is light; the tower names below load JAX/Flax on first us
 import importlib
 
 _TOWER_NAMES = ("dual_encoder", "direct_encoder", "direct_decoder", "ConvTower", "MLPTower",
-                "FeatureHead",
+                "FeatureHead", "BackboneTower",
                 "GaborEnergyFrontEnd", "NeuralTower", "DualEncoder", "DirectEncoder",
                 "DirectDecoder", "l2_normalize", "temperature_from_log", "conv2d")
 
@@ -20,6 +23,6 @@ _TOWER_NAMES = ("dual_encoder", "direct_encoder", "direct_decoder", "ConvTower",
 def __getattr__(name):
   if name in _TOWER_NAMES:
     return getattr(importlib.import_module("jaxvna.models.towers"), name)
-  if name in ("towers", "inputs", "distributions", "gabor_ridge"):
+  if name in ("towers", "backbones", "inputs", "distributions", "gabor_ridge"):
     return importlib.import_module(f"jaxvna.models.{name}")
   raise AttributeError(f"module 'jaxvna.models' has no attribute {name!r}")

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -425,6 +426,131 @@ class FeatureHead(nn.Module):
     return _mlp_head(self, x, {}, return_features)
 
 
+POOLS = ("mean", "none", "k (an integer: k x k blocks)")
+
+
+def parse_pool(pool: str | int) -> str | int:
+  """`pool` as "mean", "none" or a positive int k; ConfigError otherwise."""
+  if isinstance(pool, int) or (isinstance(pool, str) and pool.isdigit()):
+    k = int(pool)
+    if k < 1:
+      raise ConfigError(f"pool: a block grid must be at least 1, got {pool!r}")
+    return k
+  if pool not in ("mean", "none"):
+    raise ConfigError(f"pool: unknown {pool!r}; expected one of {POOLS}")
+  return pool
+
+
+def pool_features(x: jax.Array, pool: str | int) -> jax.Array:
+  """(B, h, w, c) maps or (B, c) vectors -> (B, F). A vector is returned as it is; a map
+  pooled by `pool`: "mean" over h and w (F = c), "none" flattened row-major
+  (F = h * w * c), or k, the mean of each of k x k equal blocks, flattened (F = k * k * c;
+  k must divide h and w)."""
+  pool = parse_pool(pool)
+  if x.ndim == 2:
+    return x
+  if x.ndim != 4:
+    raise ConfigError(f"pool: expected (B, h, w, c) maps or (B, c) vectors, got shape "
+                      f"{tuple(x.shape)}")
+  b, h, w, c = x.shape
+  if pool == "mean":
+    return jnp.mean(x, axis=(1, 2))
+  if pool == "none":
+    return x.reshape(b, h * w * c)
+  if h % pool or w % pool:
+    raise ConfigError(f"pool: a {pool}x{pool} grid does not divide the {h}x{w} map; choose "
+                      "a k that divides both (or 'mean')")
+  blocks = x.reshape(b, pool, h // pool, pool, w // pool, c).mean(axis=(2, 4))
+  return blocks.reshape(b, pool * pool * c)
+
+
+FROZEN_PREFIX = "frozen_"  # parameters named so are never updated (`trained_mask`)
+
+
+@functools.lru_cache(maxsize=2)
+def pretrained(backbone: str, weights_file: str, input_size: int):
+  """The `jaxvna.models.backbones.Backbone` of a tower's fields, loaded once per process."""
+  from jaxvna.models import backbones  # noqa: PLC0415 -- backbones import this module
+  if not weights_file:
+    raise ConfigError("model.image_tower.weights_file: empty; expected the backbone's "
+                      "parameter file (or 'random' for a randomly initialised ResNet)")
+  return backbones.load(backbone, weights_file, image_size=input_size or None)
+
+
+class BackboneTower(nn.Module):
+  """A pretrained network, frozen or fine-tuned: images -> the network's `layer`, pooled
+  -> MLP(hidden) -> linear embed_dim.
+
+  The network (`jaxvna.models.backbones`: "resnet18", "resnet50", "vit" or a user's
+  "package.module:factory") is initialised from its `weights_file` when the model is
+  initialised, and runs in eval mode (BatchNorm with the file's running statistics, held
+  as the never-updated parameter "frozen_stats"). With `freeze` its parameters are
+  "frozen_backbone", outside the gradient and never updated (a LiT-style locked tower
+  that still sees the pixels); without, "backbone", fine-tuned with the rest. Pooling of
+  the stage as `pool_features` ("mean", "none", "k").
+
+  __call__(images (B, H, W, C), *, train, return_features=False) -> (B, embed_dim), or
+  (emb, features) with features[stage] every stage of the network (maps (B, h, w, c) or
+  vectors), for DINA's levels, and the MLP's outputs.
+  """
+  backbone: str
+  weights_file: str  # .pth / .npz ('random': a randomly initialised ResNet)
+  layer: str
+  pool: str
+  input_size: int  # the side images are resized to; 0: the network's own
+  freeze: bool
+  hidden: tuple[int, ...]
+  embed_dim: int
+  activation: str
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool, return_features: bool = False):
+    del train  # eval mode always: fine-tuning keeps the file's BatchNorm statistics
+    from jaxvna.models import backbones  # noqa: PLC0415
+    net = pretrained(self.backbone, self.weights_file, self.input_size)
+    backbones.check_stage(net, self.layer)
+    name = FROZEN_PREFIX + "backbone" if self.freeze else "backbone"
+    params = self.param(name, lambda _: net.variables["params"])
+    if self.freeze:
+      params = lax.stop_gradient(params)
+    variables = {"params": params}
+    stats = {k: v for k, v in net.variables.items() if k != "params"}
+    if stats:
+      variables.update(lax.stop_gradient(self.param(FROZEN_PREFIX + "stats", lambda _: stats)))
+    def run(variables, images):
+      return net.module.apply(variables, net.preprocess(images), train=False)
+    if self.is_initializing():  # the head needs only the shapes: skip the network's FLOPs
+      feats = {k: jnp.zeros(v.shape, v.dtype)
+               for k, v in jax.eval_shape(run, variables, images).items()}
+    else:
+      feats = run(variables, images)
+    x = pool_features(feats[self.layer], self.pool).astype(self.dtype)
+    return _mlp_head(self, x, dict(feats), return_features)
+
+
+def backbone_feature_maps(block) -> tuple[str, ...]:
+  """The stages of a `backbone` image tower block's network that are (B, h, w, c) maps."""
+  net = pretrained(block["backbone"], block["weights_file"], block["input_size"])
+  shapes = jax.eval_shape(lambda v, x: net.module.apply(v, net.preprocess(x), train=False),
+                          net.variables, jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.uint8))
+  return tuple(s for s in net.stages if len(shapes[s].shape) == 4)
+
+
+def trained_mask(params) -> Any:
+  """params -> a tree of bools: False for parameters under a name starting with
+  FROZEN_PREFIX (which the optimiser must leave as they are), True elsewhere."""
+  def trained(path, _):
+    return not any(str(getattr(k, "key", "")).startswith(FROZEN_PREFIX) for k in path)
+  return jax.tree_util.tree_map_with_path(trained, params)
+
+
+def has_frozen_params(model_config) -> bool:
+  """Whether a model config builds parameters that `trained_mask` marks frozen."""
+  return model_config.get("image_tower", {}).get("type") == "backbone"
+
+
 # ----------------------------------------------------------------------------- neural tower
 
 def neuron_mask(num_neurons_per_subject: Sequence[int]) -> np.ndarray:
@@ -621,7 +747,8 @@ class DirectDecoder(nn.Module):
 # ----------------------------------------------------------------------------- config
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-IMAGE_TOWERS = {"cnn": ConvTower, "mlp": MLPTower, "features": FeatureHead}
+IMAGE_TOWERS = {"cnn": ConvTower, "mlp": MLPTower, "features": FeatureHead,
+                "backbone": BackboneTower}
 
 
 def compute_dtype(model_config) -> Dtype:
@@ -675,8 +802,8 @@ def image_tower(block, embed_dim: int, image_shape: Sequence[int], dtype: Dtype)
   if kind not in IMAGE_TOWERS:
     raise ConfigError(f"model.image_tower.type: unknown {kind!r}; expected one of "
                       f"{sorted(IMAGE_TOWERS)}")
-  if kind == "cnn" and len(image_shape) != 3:
-    raise ConfigError(f"model.image_tower.type='cnn' needs (H, W, C) images, got "
+  if kind in ("cnn", "backbone") and len(image_shape) != 3:
+    raise ConfigError(f"model.image_tower.type={kind!r} needs (H, W, C) images, got "
                       f"{tuple(image_shape)}")
   module = IMAGE_TOWERS[kind]
   # Fields of the other tower types may stay in the block (a type switched on the command

@@ -103,6 +103,7 @@ RULES: tuple[tuple[str, tuple[Callable[[Any], bool], str]], ...] = (
     ("*sigma", _NON_NEGATIVE),
     ("*smoothing", _NON_NEGATIVE),
     ("*_dim", _int_at_least(1)),
+    ("*.input_size", _int_at_least(0)),  # 0: the pretrained network's own
     ("*_size", _int_at_least(1)),
     ("*.num_*", _int_at_least(1)),
     ("*_images", _int_at_least(1)),

@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxvna import errors, files, registry
 from jaxvna.data import Dataset, dataset as dataset_lib, pipeline, readers, resident
 from jaxvna.evaluation import discriminative
+from jaxvna.models import towers
 from jaxvna.training import (checkpoint, distributed, preflight, provenance, summaries,
                              workdir_lock)
 
@@ -312,10 +313,17 @@ def learning_rate_schedule(config) -> optax.Schedule:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW with warmup + cosine decay and global-norm clipping; non-finite updates skipped."""
+  """AdamW with warmup + cosine decay and global-norm clipping; non-finite updates skipped.
+
+  Frozen parameters (`towers.trained_mask`: a pretrained tower's locked weights and its
+  BatchNorm statistics) get no weight decay; their gradient is zero (they sit behind
+  stop_gradient), so Adam's update of them is exactly zero too and they never move.
+  """
   o = config.optim
+  mask = towers.trained_mask if towers.has_frozen_params(config.get("model", {})) else None
   tx = optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                   optax.adamw(learning_rate_schedule(config), weight_decay=o.weight_decay))
+                   optax.adamw(learning_rate_schedule(config), weight_decay=o.weight_decay,
+                               mask=mask))
   # A NaN/Inf gradient (for example from a corrupt batch) leaves the parameters as they
   # were and is counted in the optimiser state, reported as `skipped_steps`. The wrapper
   # never gives up and applies a non-finite update (its counter saturates below this

@@ -13,6 +13,7 @@ import pytest
 from jax import lax
 
 from jaxvna.configs import common
+from jaxvna.errors import ConfigError
 from jaxvna.models import towers as T
 
 
@@ -412,6 +413,87 @@ def test_every_configured_field_comes_from_the_config():
   assert isinstance(tower, T.MLPTower) and tower.activation == "gelu" and tower.hidden == ()
   with pytest.raises(ValueError, match="unknown field"):
     common.image_tower("mlp", channels=(4,))
+
+
+# ----------------------------------------------------------------------------- backbone tower
+
+def test_pooling_of_maps_and_vectors():
+  x = np.random.default_rng(1).normal(size=(2, 4, 6, 3)).astype(np.float32)
+  np.testing.assert_allclose(T.pool_features(x, "mean"), x.mean(axis=(1, 2)), rtol=1e-6)
+  np.testing.assert_array_equal(T.pool_features(x, "none"), x.reshape(2, -1))
+  blocks = np.asarray(T.pool_features(x, "2")).reshape(2, 2, 2, 3)
+  # block (i, j) is the mean of rows 2i..2i+1 and columns 3j..3j+2
+  np.testing.assert_allclose(blocks[:, 1, 0], x[:, 2:4, 0:3].mean(axis=(1, 2)), rtol=1e-5)
+  np.testing.assert_allclose(T.pool_features(x, 1), x.mean(axis=(1, 2)), rtol=1e-5)
+  v = x[:, 0, 0]
+  assert T.pool_features(v, "2") is v  # a vector stage is taken as it is
+
+
+@pytest.mark.parametrize("pool, message", [("max", "unknown 'max'"), ("0", "at least 1"),
+                                           ("4", "4x4 grid does not divide the 4x6 map")])
+def test_bad_pooling_is_named(pool, message):
+  with pytest.raises(ConfigError, match=message):
+    T.pool_features(np.zeros((1, 4, 6, 2), np.float32), pool)
+
+
+
+
+def _changed(a, b) -> bool:
+  return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_backbone_tower_starts_from_the_file_and_trains_only_what_it_may(freeze):
+  with T.use_kernel_form("xla"):  # plain convolutions compile faster; the same parameters
+    _check_backbone_tower(freeze)
+
+
+def _check_backbone_tower(freeze):
+  import optax
+  from jaxvna.configs import vna_sim
+  from jaxvna.models import backbones
+  from jaxvna.training import train
+  config = vna_sim.get_config("tiny")
+  config.model = common.model(
+      embed_dim=4, image_tower=common.image_tower(
+          "backbone", backbone="resnet18", weights_file="random", layer="layer2", pool="2",
+          input_size=32, freeze=freeze, hidden=(8,)),
+      neural_tower=common.neural_tower(readin_dim=8, hidden=(8,)))
+  config.optim.weight_decay = 0.1
+  model = T.dual_encoder(config.model, COUNTS, (20, 20, 1))
+  images, r, s = _images(3, 20, 20), jnp.ones((3, 8)), jnp.asarray([0, 1, 0], jnp.int32)
+  params = _init(model, images, r, s)["params"]
+  net = backbones.load("resnet18", backbones.RANDOM, image_size=32)
+  tower = params["image_tower"]
+  assert not _changed(tower["frozen_backbone" if freeze else "backbone"], net.variables["params"])
+  assert not _changed(tower["frozen_stats"], {"batch_stats": net.variables["batch_stats"]})
+  _, feats = jax.jit(functools.partial(model.apply, train=False, return_features=True,
+                                       method=model.embed_images))({"params": params}, images)
+  np.testing.assert_allclose(feats["layer2"], net(images, stages=("layer2",))["layer2"],
+                             atol=1e-5)
+
+  def loss(p):
+    img, neu, _, _ = model.apply({"params": p}, images, r, s, train=False)
+    return jnp.sum((img - neu) ** 2)
+  tx, grad = train.make_optimizer(config), jax.jit(jax.grad(loss))
+  state, new = tx.init(params), params
+  for _ in range(2):  # the first update has learning rate 0 (warmup)
+    updates, state = tx.update(grad(new), state, new)
+    new = optax.apply_updates(new, updates)
+  assert not _changed(new["image_tower"]["frozen_stats"], tower["frozen_stats"])
+  assert _changed(new["image_tower"]["mlp"], tower["mlp"])
+  if freeze:
+    assert not _changed(new["image_tower"]["frozen_backbone"], tower["frozen_backbone"])
+  else:
+    assert _changed(new["image_tower"]["backbone"], tower["backbone"])
+
+
+def test_trained_mask_marks_frozen_names_at_any_depth():
+  params = {"a": {"frozen_x": {"k": 1}, "y": 2}, "frozen_z": 3, "b": 4}
+  assert T.trained_mask(params) == {"a": {"frozen_x": {"k": False}, "y": True},
+                                    "frozen_z": False, "b": True}
+  assert T.has_frozen_params(common.model(image_tower=common.image_tower("backbone")))
+  assert not T.has_frozen_params(common.model())
 
 
 # ----------------------------------------------------------------------------- kernel forms

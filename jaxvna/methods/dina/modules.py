@@ -1,8 +1,9 @@
 """DINA: images and neural responses aligned at several levels of a hierarchical image tower.
 
-The image tower is a `towers.ConvTower`; DINA reads its intermediate feature maps
-(`features["level{i}"]`, (B, h_i, w_i, C_i), or the Gabor energies `"front_end"`) instead
-of its pooled embedding. Each selected level l has its own head into the shared space:
+The image tower is a `towers.ConvTower` or a pretrained network (`towers.BackboneTower`,
+frozen or fine-tuned); DINA reads its intermediate feature maps (`features["level{i}"]`,
+(B, h_i, w_i, C_i), or the Gabor energies `"front_end"`; a backbone's map stages, e.g.
+ResNet "layer2".."layer4" or ViT "block{i}") instead of its pooled embedding. Each selected level l has its own head into the shared space:
 
   1x1 projection     v_l(p) = W_l a_l(p) + b_l                  (B, h, w, D)
   attention pooling  alpha_l(p) = softmax_p(u_l . a_l(p) + c_l + pos_l(p))
@@ -22,7 +23,7 @@ Joint embedding (evaluation): concat_l sqrt(w_l / sum w) * e_l, unit norm, so th
 of two joint embeddings is the level-weighted mean of the per-level cosines, the similarity
 that DINA's discriminative evaluation and interpretation use.
 
-The ConvTower's own pooled head (global pool -> MLP -> linear) is not part of DINA: its
+The tower's own pooled head (global pool -> MLP -> linear) is not part of DINA: its
 parameters exist (the tower builds them) but receive no gradient.
 """
 
@@ -74,7 +75,7 @@ class DINA(nn.Module):
   (img {level: (B, D)}, neu {level: (B, D)}, temperatures (L,)), embeddings L2-normalised
   float32, temperatures in the order of `levels`.
   """
-  image_tower: nn.Module       # a towers.ConvTower
+  image_tower: nn.Module       # a towers.ConvTower or towers.BackboneTower
   neural_tower: nn.Module      # a towers.NeuralTower with embed_dim = len(levels) * embed_dim
   levels: tuple[str, ...]
   level_weights: tuple[float, ...]
@@ -147,7 +148,10 @@ class DINA(nn.Module):
 
 
 def feature_map_names(image_tower_config) -> tuple[str, ...]:
-  """The names of the ConvTower feature maps a DINA level may use."""
+  """The names of the image tower's feature maps a DINA level may use: the ConvTower's
+  levels, or a pretrained backbone's map stages (e.g. ResNet "layer2", ViT "block6")."""
+  if image_tower_config.get("type") == "backbone":
+    return towers.backbone_feature_maps(image_tower_config)
   channels = image_tower_config["channels"]
   names = tuple(f"level{i + 1}" for i in range(len(channels)))
   return (("front_end",) if image_tower_config.get("front_end") == "gabor" else ()) + names
@@ -158,8 +162,8 @@ def build_dina(config, num_neurons_per_subject: Sequence[int],
   """The DINA module of a run config (`config.model` towers, `config.dina` levels).
 
   Args:
-    config: run ConfigDict with model.image_tower.type == "cnn", dina.levels (names of
-      ConvTower feature maps, `feature_map_names`) and dina.level_weights (one positive
+    config: run ConfigDict with model.image_tower.type "cnn" or "backbone", dina.levels
+      (names of its feature maps, `feature_map_names`) and dina.level_weights (one positive
       weight per level).
     num_neurons_per_subject: neuron count of each subject.
     image_shape: (H, W, C).
@@ -170,9 +174,9 @@ def build_dina(config, num_neurons_per_subject: Sequence[int],
   levels = tuple(config.dina.levels)
   weights = tuple(float(w) for w in config.dina.level_weights)
   image_cfg = config.model.image_tower
-  if image_cfg.get("type", "cnn") != "cnn":
-    raise ValueError(f"method 'dina' needs model.image_tower.type='cnn' (a hierarchy of "
-                     f"feature maps), got {image_cfg.get('type')!r}")
+  if image_cfg.get("type", "cnn") not in ("cnn", "backbone"):
+    raise ValueError(f"method 'dina' needs model.image_tower.type 'cnn' or 'backbone' (a "
+                     f"hierarchy of feature maps), got {image_cfg.get('type')!r}")
   allowed = feature_map_names(image_cfg)
   if not levels or len(set(levels)) != len(levels) or any(l not in allowed for l in levels):
     raise ValueError(f"dina.levels: expected distinct names among {allowed}, got {levels}")

@@ -333,11 +333,34 @@ def from_state_dict(state_dict: Mapping[str, Any], depth: int, *, num_classes: i
               if name.startswith("fc.") else "")
       raise DataError(f"{where}: key {name!r} has shape {value.shape}, expected {shape}{hint}")
     flat[path] = jnp.asarray(_from_torch(value))
-  variables = traverse_util.unflatten_dict(flat)
-  stages = STAGES if num_classes else STAGES[:-1]
+  return _backbone(module, traverse_util.unflatten_dict(flat), depth, image_size)
+
+
+def _backbone(module: ResNet, variables: dict, depth: int, image_size: int) -> Backbone:
+  stages = STAGES if module.num_classes else STAGES[:-1]
   return Backbone(name=f"resnet{depth}", module=module, variables=variables,
                   preprocess=functools.partial(preprocess, image_size=image_size),
                   stages=stages)
+
+
+def random_init(depth: int, *, seed: int = 0, num_classes: int = 1000,
+                image_size: int = 224) -> Backbone:
+  """A ResNet-`depth` backbone with random weights, drawn with numpy (instant, unlike
+  compiling flax's initialisers): He-normal kernels (sd sqrt(2 / fan_in)), zero biases,
+  BatchNorm scale 1, shift 0 and running statistics 0 and 1. The pipeline without
+  meaningful features, for tests and smoke runs."""
+  module = build(depth, num_classes)
+  rng = np.random.default_rng(seed)
+  flat = {}
+  for path, _, torch_shape in _layout(depth, num_classes):
+    shape = _from_torch(np.empty(torch_shape, np.float32)).shape
+    leaf = path[-1]
+    if leaf == "kernel":
+      value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape)
+    else:  # bias, BatchNorm shift and mean: 0; BatchNorm scale and variance: 1
+      value = np.full(shape, 1.0 if leaf in ("scale", "var") else 0.0)
+    flat[path] = jnp.asarray(value, jnp.float32)
+  return _backbone(module, traverse_util.unflatten_dict(flat), depth, image_size)
 
 
 def load(path: str | pathlib.Path, depth: int, *, num_classes: int = 1000,

@@ -114,9 +114,29 @@ def test_bad_configs_are_refused():
     dina.build_dina(config, COUNTS, IMAGE_SHAPE)
   config = tiny_config()
   config.model.image_tower.type = "mlp"
-  with pytest.raises(ValueError, match="image_tower.type='cnn'"):
+  with pytest.raises(ValueError, match="image_tower.type 'cnn' or 'backbone'"):
     dina.build_dina(config, COUNTS, IMAGE_SHAPE)
   config = tiny_config()
   config.loss.type = "sigmoid"
   with pytest.raises(ValueError, match="loss.type='clip'"):
     train.make_objective(config, None, None)
+
+
+def test_levels_of_a_pretrained_backbone_are_its_map_stages():
+  from jaxvna.configs import common
+  config = tiny_config()
+  config.model.image_tower = common.image_tower(
+      "backbone", backbone="resnet18", weights_file="random", layer="layer3", input_size=32,
+      hidden=(8,))
+  assert dina.feature_map_names(config.model.image_tower) == (
+      "stem", "pool1", "layer1", "layer2", "layer3", "layer4")
+  config.dina.levels = ("layer2", "layer3")
+  model, params = init(config)
+  batch = random_batch(4)
+  img = model.apply({"params": params}, batch["image"], train=False,
+                    method=model.image_embeddings)
+  assert set(img) == {"layer2", "layer3"}
+  assert all(v.shape == (4, 8) for v in img.values())
+  config.dina.levels = ("avgpool",)  # a vector, not a map
+  with pytest.raises(ValueError, match="distinct names among .*'layer4'\\)"):
+    dina.build_dina(config, COUNTS, IMAGE_SHAPE)
