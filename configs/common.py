@@ -63,6 +63,22 @@ NEW_SUBJECT = dict(
 )
 
 
+# `jaxvna select`: settings chosen on the validation split (jaxvna/commands/select.py).
+# The grid mirrors the config: each field lists the values to try; several fields give
+# their product. A config file adds fields (c.select.grid.model = {"init_temperature":
+# (0.03, 0.07)}); the command line can change the values of fields the grid has.
+SELECT = dict(
+    grid={"optim": {"weight_decay": (1e-4, 1e-2, 1e-1)}},
+    score="mean",   # of decoding and encoding top-1 on validation | "decoding" | "encoding"
+    n_way=10,       # the N of the score (one of eval.n_ways)
+)
+
+
+def select(**fields) -> ml_collections.ConfigDict:
+  """The `select` block with every field at its default but `fields`."""
+  return _block(SELECT, fields, "select")
+
+
 def new_subject(**fields) -> ml_collections.ConfigDict:
   """The `new_subject` block with every field at its default but `fields`."""
   return _block(NEW_SUBJECT, fields, "new_subject")

@@ -83,8 +83,9 @@ def get_config(arg: str = "vna"):
   # training, so None means the command's default: on in `jaxvna demo`, off in `train`.
   c.eval.null_control = ml_collections.config_dict.placeholder(bool)
 
-  # `jaxvna new_subject` (every field: configs/common.py).
+  # `jaxvna new_subject` and `jaxvna select` (every field: configs/common.py).
   c.new_subject = common.new_subject()
+  c.select = common.select()
   if tiny:
     make_tiny(c)
   return c

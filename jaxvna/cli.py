@@ -16,6 +16,9 @@ Commands:
              (workdir/visualize.json, migvis_group*.png).
   scaling  train on nested fractions of the training images, fit error(n) = a * n^b + c
            with bootstrap CIs (workdir/scaling.json, scaling.csv, scaling.png).
+  select  train every combination of config.select.grid, score each on the validation
+          split, evaluate the best on the test split (workdir/results.json with the
+          validation curve and the choice).
   new_subject  hold subjects out, train VNA and miVAE on the others, then score each
                held-out subject against the number of its images used (VNA: a new
                read-in on frozen towers; miVAE: zero-shot) (workdir/new_subject.json,
@@ -116,6 +119,11 @@ def _new_subject(config, flags) -> None:
   new_subject.run(config, flags.workdir, force=flags.force)
 
 
+def _select(config, flags) -> None:
+  from jaxvna.commands import select
+  select.run(config, flags.workdir, force=flags.force)
+
+
 def _bench(config, flags) -> None:
   from jaxvna.commands import bench
   bench.run(config)
@@ -153,6 +161,7 @@ COMMANDS: dict[str, Command] = {
     "visualize": Command(_method_verb("visualize"), "migvis_sim.py", holds_workdir=True),
     "scaling": Command(_scaling, "scaling_sim.py", holds_workdir=True),
     "new_subject": Command(_new_subject, "mivae_sim.py", holds_workdir=True),
+    "select": Command(_select, "vna_sim.py", holds_workdir=True),
     "dryrun": Command(_dryrun, "vna_pod.py"),
 }
 

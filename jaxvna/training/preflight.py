@@ -115,6 +115,9 @@ RULES: tuple[tuple[str, tuple[Callable[[Any], bool], str]], ...] = (
 )
 
 
+GRID = "select.grid."  # the values `jaxvna select` tries, under the keys they set
+
+
 def _leaves(tree, prefix: str = "") -> Iterator[tuple[str, Any]]:
   for key, value in tree.items():
     if hasattr(value, "items"):
@@ -132,6 +135,12 @@ def config_problems(config) -> list[str]:
   """One line per field of `config` whose value breaks the rule its name selects."""
   problems = []
   for key, value in _leaves(config):
+    if key.startswith(GRID):  # `jaxvna select`'s values: each by the rule of its field
+      rule = next((r for pattern, r in RULES if _matches(key[len(GRID):], pattern)), None)
+      values = value if isinstance(value, (tuple, list)) else (value,)
+      if rule is not None and not all(rule[0](v) for v in values):
+        problems.append(f"config.{key}={value!r}: expected each value {rule[1]}")
+      continue
     rule = next((r for pattern, r in RULES if _matches(key, pattern)), None)
     if rule is not None:
       test, allowed = rule

@@ -41,7 +41,7 @@ from jaxvna.training import (checkpoint, distributed, preflight, provenance, sum
 RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.log_every",
                   "train.profile_steps", "train.steps_per_call", "data.placement",
                   "data.device_memory_mb", "data.read_threads", "data.worker_processes",
-                  "eval", "interpret")
+                  "eval", "interpret", "select")
 
 
 # ----------------------------------------------------------------------------
