@@ -71,6 +71,7 @@ SELECT = dict(
     grid={"optim": {"weight_decay": (1e-4, 1e-2, 1e-1)}},
     score="mean",   # of decoding and encoding top-1 on validation | "decoding" | "encoding"
     n_way=10,       # the N of the score (one of eval.n_ways)
+    seeds=(),       # () = config.seed alone; several: each candidate an ensemble of them
 )
 
 

@@ -4,12 +4,20 @@
 combination of the values in `config.select.grid` (a block that mirrors the config:
 `grid.optim.weight_decay = (1e-4, 1e-2, 1e-1)` tries three weight decays; several keys
 give their product), each in `workdir/candidates/<i>`, scored on the **validation** split
-(`eval.split = "validation"`, written there as results.json). The candidate with the best
+(`eval.split = "validation"`). The candidate with the best
 validation score is then evaluated on `config.eval.split` (the test split) with the run's
 own evaluation, null controls included when `eval.null_control` is on, into
 `workdir/results.json`, which also holds the selection: the grid, every candidate's
 settings and validation score (the validation curve), and the choice. The test split is
 read for nothing else, so the choice cannot have seen it.
+
+Ensembles: with `select.seeds` = (0, 1, 2) every candidate is trained once per seed
+(`workdir/candidates/<i>/seed<k>`) and scored as the ensemble of its seeds
+(`discriminative.ensemble_represent`: the mean of the members' cosines for embedding
+models, the mean prediction for the direct baselines); results.json then holds the first
+seed's model under the method's name and the ensemble under "<method>_ensemble". The
+default, (), trains `config.seed` alone. Each candidate's validation results are in
+`workdir/candidates/<i>/validation.json`.
 
 Score: `select.score` of the N-way top-1 on validation (N = `select.n_way`, trial-averaged
 responses, mean over subjects): "mean" of decoding and encoding, or one of them. Ties go
@@ -54,8 +62,8 @@ def grid_points(grid) -> list[dict]:
 
 
 def candidate_config(config, settings: dict, split: str):
-  """`config` with `settings` applied, evaluated on `split`, without the select block and
-  the null controls (a candidate is only scored)."""
+  """`config` with `settings` ({dotted key: value}; "seed" included) applied, evaluated on
+  `split`, without the select block and the null controls (a candidate is only scored)."""
   c = config.copy_and_resolve_references()
   with c.unlocked():
     del c["select"]
@@ -105,9 +113,26 @@ def _check(config) -> list[dict]:
   return points
 
 
+def _validation_results(config, members, dataset) -> dict:
+  """{method: results} of one candidate on the validation split: the model's own
+  evaluation, or with several seeds the ensemble's (`discriminative.ensemble_represent`)."""
+  from jaxvna import registry  # noqa: PLC0415
+  from jaxvna.evaluation import discriminative  # noqa: PLC0415
+  from jaxvna.training import train  # noqa: PLC0415
+  if len(members) == 1:
+    (model, params), = members
+    return train.evaluate(config, model, params, dataset, None)
+  method = registry.get(config.method)
+  ensemble = discriminative.ensemble_represent(
+      [method.represent(config, model, params) for model, params in members])
+  return {config.method: discriminative.evaluate_model(config, dataset, ensemble)}
+
+
 def run(config, workdir, *, force: bool = False) -> dict:
   """`jaxvna select`: trains and scores every candidate, evaluates the chosen one on the
   test split; returns the content of workdir/results.json."""
+  from jaxvna import registry  # noqa: PLC0415
+  from jaxvna.evaluation import discriminative  # noqa: PLC0415
   from jaxvna.training import train  # noqa: PLC0415
   started = time.time()
   points = _check(config)
@@ -115,34 +140,49 @@ def run(config, workdir, *, force: bool = False) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   dataset = train.load_dataset(config)
   s = config.select
-  candidates = []
+  seeds = tuple(s.seeds) or (config.seed,)
+  candidates, best_members = [], None
   for i, settings in enumerate(points):
-    out = train.train_and_evaluate(candidate_config(config, settings, "validation"),
-                                   workdir / "candidates" / str(i), dataset=dataset,
-                                   force=force)
+    members = []
+    for seed in seeds:
+      member = candidate_config(config, {**settings, "seed": seed}, "validation")
+      model, params, _ = train.train(member, workdir / "candidates" / str(i) / f"seed{seed}",
+                                     dataset=train.training_dataset(member, dataset),
+                                     force=force)
+      members.append((model, train.local_copy(params)))
+    val_config = candidate_config(config, {**settings, "seed": seeds[0]}, "validation")
+    results = _validation_results(val_config, members, dataset)
     candidates.append({"candidate": i, "settings": settings,
-                       "validation_score": score(out["results"], config.method, s.n_way,
-                                                 s.score)})
+                       "validation_score": score(results, config.method, s.n_way, s.score)})
+    files.write_json(workdir / "candidates" / str(i) / "validation.json",
+                     {**candidates[-1], "seeds": list(seeds), "results": results})
+    if best_members is None or candidates[-1]["validation_score"] > max(
+        c["validation_score"] for c in candidates[:-1]):
+      best_members = members  # only the leader's parameters stay in memory
     print(f"candidate {i} {settings}: validation {s.score} {s.n_way}-way top-1 "
           f"{candidates[-1]['validation_score']:.3f}")
   best = max(candidates, key=lambda c: c["validation_score"])  # the first of ties
-  chosen_dir = workdir / "candidates" / str(best["candidate"])
-  final = candidate_config(config, best["settings"], config.eval.split)
+  members = best_members
+  final = candidate_config(config, {**best["settings"], "seed": seeds[0]}, config.eval.split)
   with final.unlocked():
     final.eval.null_control = config.eval.get("null_control")
-  trained_on = train.training_dataset(final, dataset)
-  model = train.make_model(final, trained_on)
-  step, state = train.restore_latest(final, model, trained_on, chosen_dir)
+  first_dir = workdir / "candidates" / str(best["candidate"]) / f"seed{seeds[0]}"
   nulls = None
   if train.null_control_on(final, default=False):
-    nulls = train.run_null_controls(final, dataset, chosen_dir, force=force)
-  out = train.evaluate_and_write(final, model, state.params, dataset, workdir, step=step,
-                                 started=started, null_controls=nulls)
+    nulls = train.run_null_controls(final, dataset, first_dir, force=force)
+  model, params = members[0]
+  out = train.evaluate_and_write(final, model, params, dataset, workdir,
+                                 step=final.train.steps, started=started, null_controls=nulls)
+  if len(members) > 1:
+    ensemble = discriminative.ensemble_represent(
+        [registry.get(config.method).represent(final, m, p) for m, p in members])
+    out["results"][f"{config.method}_ensemble"] = discriminative.evaluate_model(
+        final, dataset, ensemble)
   out["selection"] = {
       "score": f"validation {s.score} of decoding and encoding {s.n_way}-way top-1"
                if s.score == "mean" else f"validation {s.score} {s.n_way}-way top-1",
-      "grid": sorted({k for p in points for k in p}), "candidates": candidates,
-      "chosen": best, "evaluated_on": config.eval.split,
+      "grid": sorted({k for p in points for k in p}), "seeds": list(seeds),
+      "candidates": candidates, "chosen": best, "evaluated_on": config.eval.split,
   }
   out["provenance"]["config"]["select"] = config.select.to_dict()
   files.write_json(workdir / "results.json", out)

@@ -22,7 +22,7 @@ per-level cosines (`models.dina.DINA.joint`).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -87,6 +87,35 @@ def embedding_represent(config, model, params) -> Represent:
                mean_repr=embed(held_out.mean_responses), trial_repr=embed(trials))
     if hasattr(model, "temperature") and config.loss.type == "clip":
       out["temperature"] = float(model.apply(variables, method=model.temperature))
+    return out
+  return represent
+
+
+def ensemble_represent(represents: Sequence[Represent]) -> Represent:
+  """The `Represent` of an ensemble of models (e.g. one config trained with several seeds).
+
+  Members compared by cosine: their unit-normalised embeddings concatenated and scaled by
+  1 / sqrt(M), so the ensemble's cosine of an image and a response is the mean of the M
+  members' cosines (each member keeps its own space). Members compared by Pearson
+  correlation (predicted rates, reconstructions: one shared space): their representations
+  averaged. Per-member extras (temperature, predictivity) are dropped.
+  """
+  def represent(held_out: Recording, trials: np.ndarray, subject: int, k_max: int) -> dict:
+    outs = [r(held_out, trials, subject, k_max) for r in represents]
+    metrics = {o.get("metric", "pearson") for o in outs}
+    if len(metrics) != 1:
+      raise ValueError(f"ensemble members compare by different similarities: {sorted(metrics)}")
+    metric = metrics.pop()
+    out = {"metric": metric}
+    for key in ("image_repr", "mean_repr", "trial_repr"):
+      if key not in outs[0]:
+        continue
+      arrays = [np.asarray(o[key], np.float64) for o in outs]
+      if metric == "cosine":
+        units = [a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12) for a in arrays]
+        out[key] = (np.concatenate(units, axis=1) / np.sqrt(len(units))).astype(np.float32)
+      else:
+        out[key] = np.mean(arrays, axis=0).astype(np.float32)
     return out
   return represent
 

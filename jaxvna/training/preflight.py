@@ -62,12 +62,14 @@ def _profile_steps(v) -> bool:
 _POSITIVE = _number(lambda x: x > 0, "a finite number > 0")
 _NON_NEGATIVE = _number(lambda x: x >= 0, "a finite number >= 0")
 _FRACTION = _number(lambda x: 0 < x <= 1, "a number in (0, 1]")
+_SEED = ((lambda v: _is_int(v) and 0 <= v < _SEED_LIMIT), "an integer in [0, 2**32)")
 _N_WAY = ((lambda v: v == "all" or (_is_int(v) and v >= 2)), "an integer >= 2 or 'all'")
 
 # (pattern of the dotted key, rule); the first pattern that matches a key decides. A
 # pattern matches the whole key or its last parts ("*.lr" matches "stages.critic.lr").
 RULES: tuple[tuple[str, tuple[Callable[[Any], bool], str]], ...] = (
-    ("*seed", ((lambda v: _is_int(v) and 0 <= v < _SEED_LIMIT), "an integer in [0, 2**32)")),
+    ("*seed", _SEED),
+    ("*.seeds", _each(_SEED)),
     ("*.warmup_steps", _int_at_least(0)),
     ("*.kl_anneal_steps", _int_at_least(0)),
     ("*.decay_steps", _optional(_int_at_least(1))),

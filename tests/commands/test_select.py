@@ -62,8 +62,8 @@ def test_the_choice_is_made_on_validation_and_the_test_split_is_scored_once(tmp_
   assert out["selection"]["chosen"]["settings"] == {"train.steps": 60}
   assert scores[1] > scores[0] + 0.05, scores
   for i in (0, 1):
-    candidate = json.loads((tmp_path / "candidates" / str(i) / "results.json").read_text())
-    assert candidate["provenance"]["config"]["eval"]["split"] == "validation"
+    candidate = json.loads((tmp_path / "candidates" / str(i) / "validation.json").read_text())
+    assert candidate["validation_score"] == scores[i] and candidate["seeds"] == [0]
     queries = sum(s["decoding"]["10"]["num_queries"]
                   for s in candidate["results"]["vna"]["per_subject"].values())
     assert queries == sizes["validation"]
@@ -75,3 +75,17 @@ def test_the_choice_is_made_on_validation_and_the_test_split_is_scored_once(tmp_
                 for s in final["results"]["vna"]["per_subject"].values())
   assert queries == sizes["test"]
   assert np.isfinite(final["results"]["vna"]["encoding"]["10"]["top1"])
+
+
+def test_with_several_seeds_each_candidate_is_scored_as_their_ensemble(tmp_path):
+  config = vna_sim.get_config("tiny")
+  config.select.grid = ml_collections.ConfigDict({"optim": {"weight_decay": (1e-4, 1e-2)}})
+  config.select.seeds = (0, 1)
+  config.train.steps = 30
+  out = select.run(config, tmp_path)
+  assert out["selection"]["seeds"] == [0, 1]
+  assert sorted(p.name for p in (tmp_path / "candidates" / "0").iterdir()) == [
+      "seed0", "seed1", "validation.json"]
+  ensemble, member = out["results"]["vna_ensemble"], out["results"]["vna"]
+  assert ensemble["per_subject"].keys() == member["per_subject"].keys()
+  assert ensemble["decoding"]["10"]["top1"] != member["decoding"]["10"]["top1"]

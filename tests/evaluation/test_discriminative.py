@@ -98,3 +98,37 @@ def test_chance_check_passes_noise_and_flags_signal():
   assert set(discriminative.off_chance(weak_check)) == {
       (task, n) for task in ("decoding", "encoding") for n in ("2", "10")
       if not weak_check[task][n]["at_chance"]}
+
+
+def _member(image_repr, response_repr, metric):
+  def represent(held_out, trials, subject, k_max):
+    return dict(image_repr=image_repr, mean_repr=response_repr, trial_repr=response_repr,
+                metric=metric, temperature=0.1)
+  return represent
+
+
+def test_an_ensemble_cosine_is_the_mean_of_its_members_cosines():
+  rng = np.random.default_rng(3)
+  members = [(rng.normal(size=(12, d)), rng.normal(size=(12, d))) for d in (5, 8, 3)]
+  out = discriminative.ensemble_represent([_member(x, y, "cosine") for x, y in members])(
+      None, None, 0, 0)
+  unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
+  want = np.mean([unit(x) @ unit(y).T for x, y in members], axis=0)
+  got = unit(out["image_repr"]) @ unit(out["mean_repr"]).T
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert out["image_repr"].shape == (12, 16) and "temperature" not in out
+  single = discriminative.ensemble_represent([_member(*members[0], "cosine")])(None, None, 0, 0)
+  np.testing.assert_allclose(unit(single["image_repr"]) @ unit(single["mean_repr"]).T,
+                             unit(members[0][0]) @ unit(members[0][1]).T, atol=1e-5)
+
+
+def test_an_ensemble_of_predictions_averages_them_and_refuses_mixed_similarities():
+  rng = np.random.default_rng(4)
+  a, b, y = rng.normal(size=(6, 4)), rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+  out = discriminative.ensemble_represent([_member(a, y, "pearson"), _member(b, y, "pearson")])(
+      None, None, 0, 0)
+  np.testing.assert_allclose(out["image_repr"], (a + b) / 2, atol=1e-6)
+  np.testing.assert_allclose(out["mean_repr"], y, atol=1e-6)
+  with pytest.raises(ValueError, match="different similarities"):
+    discriminative.ensemble_represent([_member(a, y, "pearson"), _member(b, y, "cosine")])(
+        None, None, 0, 0)
