@@ -15,7 +15,7 @@ averaged over subjects. The headline error of a run is
     error = 1 - (decoding top-1 + encoding top-1) / 2,
 
 one number that weighs both questions equally. Accuracies here are the exact expectation
-over candidate draws of each query's top-1 success (`expected_top1`), so they carry no
+over candidate draws of each query's top-1 success (`identification.expected_top1`), so they carry no
 draw noise; results.json in each run folder holds the usual drawn report.
 
 Fit. error(n) = a * n**exponent + c by least squares (`scipy.optimize.curve_fit`, bounds
@@ -96,47 +96,6 @@ def num_training_images(config, dataset: Dataset) -> int:
                                     subset_seed=config.seed))
 
 
-def expected_top1(similarity, targets, n_way, chunk_rows: int = 1024) -> np.ndarray:
-  """Each query's N-way top-1 success, in expectation over the candidate draws.
-
-  The draw and tie rule of `identification.nway_accuracy` (every candidate but the true
-  one may be a distractor; N-1 of the C-1 are drawn without replacement; the true
-  candidate is placed uniformly among its ties): with g candidates scoring above the
-  true one and t tying with it, success needs none of the g drawn and is 1/(T+1) for T
-  ties drawn, so the expectation is sum_j C(t, j) C(C-1-g-t, n-j) / C(C-1, n) / (j+1)
-  with n = min(N-1, C-1). The mean over queries is `nway_accuracy`'s top-1 in the limit
-  of infinitely many draws.
-
-  Args:
-    similarity: (Q, C) scores, higher = more alike.
-    targets: (Q,) index of each query's true candidate.
-    n_way: N, an int >= 2, or "all".
-
-  Returns:
-    (Q,) float64 expected top-1 success of each query, in [0, 1].
-  """
-  from jaxvna.evaluation.identification import log_comb
-  similarity = np.asarray(similarity)
-  targets = np.asarray(targets)
-  num_queries, num_candidates = similarity.shape
-  greater = np.empty(num_queries, np.int64)
-  ties = np.empty(num_queries, np.int64)
-  for start in range(0, num_queries, chunk_rows):
-    rows = np.arange(start, min(start + chunk_rows, num_queries))
-    block = similarity[rows]
-    true = block[np.arange(len(rows)), targets[rows]][:, None]
-    greater[rows] = np.count_nonzero(block > true, axis=1)
-    ties[rows] = np.count_nonzero(block == true, axis=1) - 1  # less the true one itself
-  pool = num_candidates - 1
-  drawn = pool if n_way == "all" else min(int(n_way) - 1, pool)
-  others = pool - greater - ties
-  success = np.zeros(num_queries)
-  for j in range(int(ties.max()) + 1):
-    log_p = log_comb(ties, j) + log_comb(others, drawn - j) - log_comb(pool, drawn)
-    success += np.exp(log_p) / (j + 1)
-  return success
-
-
 def query_successes(config, model, params, dataset: Dataset, n_way) -> dict:
   """{subject name: {task: (Q,) expected top-1 success}} on trial-averaged held-out
   responses; query q of both tasks is held-out image q of the subject."""
@@ -150,7 +109,7 @@ def query_successes(config, model, params, dataset: Dataset, n_way) -> dict:
     for task in TASKS:
       similarity, targets, _ = identification.discriminative_similarity(
           reprs["mean_repr"], reprs["image_repr"], task=task, metric=reprs["metric"])
-      out[rec.name][task] = expected_top1(similarity, targets, n_way)
+      out[rec.name][task] = identification.expected_top1(similarity, targets, n_way)
   return out
 
 

@@ -371,3 +371,43 @@ def _index_array(values, name, size):
     raise ValueError(f"{name}: indices must lie in [0, {size}), got "
                      f"[{values.min()}, {values.max()}]")
   return values.astype(np.int64)
+
+
+def expected_top1(similarity, targets, n_way, chunk_rows: int = 1024) -> np.ndarray:
+  """Each query's N-way top-1 success, in expectation over the candidate draws.
+
+  The draw and tie rule of `identification.nway_accuracy` (every candidate but the true
+  one may be a distractor; N-1 of the C-1 are drawn without replacement; the true
+  candidate is placed uniformly among its ties): with g candidates scoring above the
+  true one and t tying with it, success needs none of the g drawn and is 1/(T+1) for T
+  ties drawn, so the expectation is sum_j C(t, j) C(C-1-g-t, n-j) / C(C-1, n) / (j+1)
+  with n = min(N-1, C-1). The mean over queries is `nway_accuracy`'s top-1 in the limit
+  of infinitely many draws.
+
+  Args:
+    similarity: (Q, C) scores, higher = more alike.
+    targets: (Q,) index of each query's true candidate.
+    n_way: N, an int >= 2, or "all".
+
+  Returns:
+    (Q,) float64 expected top-1 success of each query, in [0, 1].
+  """
+  similarity = np.asarray(similarity)
+  targets = np.asarray(targets)
+  num_queries, num_candidates = similarity.shape
+  greater = np.empty(num_queries, np.int64)
+  ties = np.empty(num_queries, np.int64)
+  for start in range(0, num_queries, chunk_rows):
+    rows = np.arange(start, min(start + chunk_rows, num_queries))
+    block = similarity[rows]
+    true = block[np.arange(len(rows)), targets[rows]][:, None]
+    greater[rows] = np.count_nonzero(block > true, axis=1)
+    ties[rows] = np.count_nonzero(block == true, axis=1) - 1  # less the true one itself
+  pool = num_candidates - 1
+  drawn = pool if n_way == "all" else min(int(n_way) - 1, pool)
+  others = pool - greater - ties
+  success = np.zeros(num_queries)
+  for j in range(int(ties.max()) + 1):
+    log_p = log_comb(ties, j) + log_comb(others, drawn - j) - log_comb(pool, drawn)
+    success += np.exp(log_p) / (j + 1)
+  return success

@@ -1,5 +1,5 @@
-"""Scaling studies: the exact expected N-way success, the power-law fit and its bootstrap,
-and a tiny study end to end (three files, reuse of finished runs)."""
+"""Scaling studies: the power-law fit and its bootstrap, and a tiny study end to end (three
+files, reuse of finished runs)."""
 
 import csv
 import json
@@ -8,24 +8,7 @@ import numpy as np
 import pytest
 
 from jaxvna.configs import scaling_sim
-from jaxvna.evaluation import identification
 from jaxvna.commands import scaling
-
-
-@pytest.mark.parametrize("n_way", [2, 10, 50, "all"])
-def test_expected_top1_is_the_limit_of_the_drawn_accuracy(n_way):
-  rng = np.random.default_rng(0)
-  # Rounding makes ties, which both sides score by the same rule.
-  similarity = np.round(rng.normal(size=(200, 200)) + 1.5 * np.eye(200), 1)
-  expected = scaling.expected_top1(similarity, np.arange(200), n_way)
-  drawn = identification.nway_accuracy(similarity, n_way, draws=4000, seed=1)
-  assert expected.shape == (200,) and 0 <= expected.min() and expected.max() <= 1
-  assert abs(expected.mean() - drawn["top1"]) < 2e-3
-
-
-def test_expected_top1_of_a_perfect_and_a_constant_similarity():
-  np.testing.assert_allclose(scaling.expected_top1(np.eye(30), np.arange(30), 10), 1.0)
-  np.testing.assert_allclose(scaling.expected_top1(np.zeros((30, 30)), np.arange(30), 10), 0.1)
 
 
 def test_power_law_fit_recovers_known_parameters():

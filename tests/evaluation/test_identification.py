@@ -268,3 +268,19 @@ def test_chance_variance_is_the_scatter_of_uninformative_rankings(n_way):
   sd = ident.chance_top1_variance(q - 1, n_way, q) ** 0.5
   assert np.std(accs) == pytest.approx(sd, rel=0.15)
   assert np.mean(accs) == pytest.approx(1 / (q if n_way == "all" else n_way), abs=0.3 * sd)
+
+
+@pytest.mark.parametrize("n_way", [2, 10, 50, "all"])
+def test_expected_top1_is_the_limit_of_the_drawn_accuracy(n_way):
+  rng = np.random.default_rng(0)
+  # Rounding makes ties, which both sides score by the same rule.
+  similarity = np.round(rng.normal(size=(200, 200)) + 1.5 * np.eye(200), 1)
+  expected = ident.expected_top1(similarity, np.arange(200), n_way)
+  drawn = ident.nway_accuracy(similarity, n_way, draws=4000, seed=1)
+  assert expected.shape == (200,) and 0 <= expected.min() and expected.max() <= 1
+  assert abs(expected.mean() - drawn["top1"]) < 2e-3
+
+
+def test_expected_top1_of_a_perfect_and_a_constant_similarity():
+  np.testing.assert_allclose(ident.expected_top1(np.eye(30), np.arange(30), 10), 1.0)
+  np.testing.assert_allclose(ident.expected_top1(np.zeros((30, 30)), np.arange(30), 10), 0.1)

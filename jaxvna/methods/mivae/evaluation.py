@@ -9,6 +9,8 @@ Reported under `results.mivae` (see `evaluate`):
                                        from their neuron features with no parameter update;
   zero_shot_ratio                      zero-shot / within-subject N-way top-1 (N =
                                        mivae.ratio_n_way, mean of decoding and encoding);
+  zero_shot_ratio_ci95                 its 95% bootstrap interval over the held-out
+                                       images (`ratio_ci`);
   held_out_elbo                        neural ELBO per neuron and trial on held-out images
                                        of the training subjects (nats; higher is better);
   mcc, mcc_image, mcc_zero_shot        mean correlation coefficient (Hungarian matching)
@@ -181,6 +183,42 @@ def _ratio(zero_shot: dict, within: dict, n_way: str) -> float:
   return float(z / w)
 
 
+def ratio_ci(reprs: dict, holdout, train_names, n_way, *, replicates: int = 2000,
+             seed: int = 0) -> list[float]:
+  """95% interval of the zero-shot ratio over the sampling of the held-out images.
+
+  Each bootstrap replicate draws, per subject, its held-out images with replacement (one
+  draw for both tasks: query q is image q in each) and recomputes the ratio from every
+  query's exact expected N-way top-1 (`identification.expected_top1`, no draw noise); the
+  interval is the 2.5 and 97.5 percentiles. It does not cover training seeds.
+
+  Args:
+    reprs: {subject name: `subject_representations`} of every subject.
+    holdout, train_names: the held-out and the training subjects' names.
+    n_way: N (`mivae.ratio_n_way`).
+  """
+  n = n_way if n_way == "all" else int(n_way)
+  successes = {}
+  for name in (*holdout, *train_names):
+    r, rows = reprs[name], []
+    for task in ("decoding", "encoding"):
+      similarity, true, _ = identification.discriminative_similarity(
+          r["mean_repr"], r["image_repr"], task=task, metric=r["metric"])
+      rows.append(identification.expected_top1(similarity, true, n))
+    successes[name] = np.stack(rows)  # (2, Q)
+  rng = np.random.default_rng(seed)
+
+  def replicate_means(names):  # (replicates,) mean over subjects and tasks
+    per = []
+    for name in names:
+      q = successes[name].shape[1]
+      draw = rng.integers(0, q, (replicates, q))
+      per.append(successes[name][:, draw].mean(axis=(0, 2)))
+    return np.mean(per, axis=0)
+  ratios = replicate_means(holdout) / replicate_means(train_names)
+  return np.percentile(ratios, [2.5, 97.5]).tolist()
+
+
 def attribution_scores(config, enc: Encoders, dataset: Dataset, train_names, workdir) -> dict:
   """Score-based attribution of the shared latents to pixels and neurons, with figures;
   against the simulator's truth (MCC, rf_corr, responsive_auc) where recordings carry it."""
@@ -245,15 +283,18 @@ def evaluate(config, model, params, dataset: Dataset, *, workdir=None) -> dict:
   train_names = [rec.name for rec in train_ds.recordings]
   table = neuron_table(config, dataset, train_names)
   enc = Encoders(model, params, table, axis_rotation(config, params, train_ds))
-  per_subject = {rec.name: discriminative.score_representations(
-      subject_representations(enc, rec, s, config.eval.split), config.eval)
-      for s, rec in enumerate(dataset.recordings)}
+  reprs = {rec.name: subject_representations(enc, rec, s, config.eval.split)
+           for s, rec in enumerate(dataset.recordings)}
+  per_subject = {name: discriminative.score_representations(r, config.eval)
+                 for name, r in reprs.items()}
   within = discriminative.combine_subjects({n: per_subject[n] for n in train_names})
   out = dict(within, per_subject=per_subject)
   if holdout:
     zero_shot = discriminative.combine_subjects({n: per_subject[n] for n in holdout})
     out["zero_shot"] = zero_shot
     out["zero_shot_ratio"] = _ratio(zero_shot, within, str(config.mivae.ratio_n_way))
+    out["zero_shot_ratio_ci95"] = ratio_ci(reprs, holdout, train_names,
+                                           config.mivae.ratio_n_way, seed=config.eval.seed)
   # The training subjects' rows of the table (same order as in train_ds; wider padding).
   rows = [s for s, rec in enumerate(dataset.recordings) if rec.name in train_names]
   out["held_out_elbo"] = held_out_elbo(config, model, params, train_ds,
@@ -283,7 +324,9 @@ def summary_table(results: dict, n_way: str = "10") -> str:
   rows = ["| metric | measured | target | |", "|---|---|---|---|"]
   for key, what in METRICS.items():
     if results.get(key) is not None:
-      rows.append(f"| `{key}`: {what} | {results[key]:.3f} | "
+      ci = results.get(f"{key}_ci95")
+      value = f"{results[key]:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+      rows.append(f"| `{key}`: {what} | {value} | "
                   f"{targets.target_cells(results[key], TARGETS.get(key))} |")
   cell = lambda r: f"{r['top1']:.3f} [{r['top1_ci95'][0]:.2f}, {r['top1_ci95'][1]:.2f}]"
   band = lambda c: f"{c['top1']:.3f} (chance band {c['band'][0]:.3f}-{c['band'][1]:.3f})"

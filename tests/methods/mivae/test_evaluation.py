@@ -46,6 +46,8 @@ def test_train_reports_mivae_results(tmp_path, dataset):
   # Zero-shot ratio: measured 0.877; a zero-shot embedding at chance (0.1) over the
   # within-subject 10-way top-1 (0.258) gives 0.39; margin 0.13 (26% of the distance).
   assert 0.75 < r["zero_shot_ratio"] < 2
+  low, high = r["zero_shot_ratio_ci95"]
+  assert low < r["zero_shot_ratio"] < high and high - low < 1
   # MCC of z_x^c: measured 0.700, untrained 0.577 (a random projection of responses
   # driven by 3 latents already correlates with them); margin 0.04.
   assert 0.66 < r["mcc"] <= 1
@@ -136,3 +138,19 @@ def test_held_out_subject_with_another_feature_dimension_is_refused(dataset):
       np.ones((rec.num_neurons, 5), np.float32) for rec in dataset.recordings])
   with pytest.raises(DataError, match="dimension 5; the model was trained with 100"):
     mivae_evaluation.Encoders(model, params, table)
+
+
+def test_the_zero_shot_ratio_interval_covers_the_image_sampling():
+  rng = np.random.default_rng(0)
+
+  def subject(signal):
+    x = rng.normal(size=(60, 8))
+    y = signal * x + rng.normal(size=(60, 8))
+    return dict(mean_repr=y, image_repr=x, metric="cosine")
+  good = {"a": subject(2.0), "b": subject(2.0), "c": subject(2.0)}
+  low, high = mivae_evaluation.ratio_ci(good, ["c"], ["a", "b"], 10, replicates=500)
+  assert low < 1 < high and high - low < 0.6
+  unrelated = dict(good, c=subject(0.0))  # the held-out subject at chance
+  low, high = mivae_evaluation.ratio_ci(unrelated, ["c"], ["a", "b"], 10, replicates=500)
+  assert high < 0.5
+  assert mivae_evaluation.ratio_ci(unrelated, ["c"], ["a", "b"], 10, replicates=500) == [low, high]
