@@ -22,9 +22,10 @@ def _indented(text):
   return "\n".join("    " + line for line in text.splitlines())
 
 
-@pytest.mark.parametrize("name", ["demo", "v4"])
+@pytest.mark.parametrize("name", ["demo", "v4", "v4_alone_201025"])
 def test_readme_mean_table_is_the_result_file(name):
-  """`jaxvna demo` (results/demo.json) and benchmarks/real_v4.py (results/v4.json)."""
+  """`jaxvna demo` (results/demo.json) and benchmarks/real_v4.py (results/v4.json, and one
+  session alone)."""
   table = demo.results_table(_results(name))
   assert _indented(table) in README, f"README's table of results/{name}.json differs:\n{table}"
 
@@ -37,7 +38,7 @@ def test_readme_v4_session_table_is_the_result_file():
   assert f"in {beats} of the {len(table.splitlines()) - 2} session x task cells" in README
 
 
-@pytest.mark.parametrize("name", ["demo", "v4"])
+@pytest.mark.parametrize("name", ["demo", "v4", "v4_alone_201025"])
 def test_readme_null_control_table_is_the_result_file_and_at_chance(name):
   results = _results(name)
   table = demo.null_control_table(results)
