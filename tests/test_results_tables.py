@@ -67,7 +67,7 @@ def test_every_result_file_names_its_command_and_is_listed_in_the_readme(path):
 
 def _formatters():
   """{result name: the summary table that its command prints, from the file's content}."""
-  from jaxvna.commands import new_subject, scaling
+  from jaxvna.commands import new_subject, scaling, select
   from jaxvna.methods.dina import interpret
   from jaxvna.methods.migvis import visualize
   from jaxvna.methods.mivae import evaluation as mivae_evaluation
@@ -79,7 +79,8 @@ def _formatters():
           "dina_interpret_sim": interpret.summary_table,
           "dina_interpret_v4": interpret.summary_table,
           "migvis_sim": visualize.summary_table, "migvis_sim_validation": visualize.summary_table,
-          "direct_encoding_null_seed1": null, "direct_encoding_null_seed2": null}
+          "direct_encoding_null_seed1": null, "direct_encoding_null_seed2": null,
+          "select_v4_201025": select.summary_table}
 
 
 @pytest.mark.parametrize("name", list(_formatters()))
