@@ -80,7 +80,8 @@ def _formatters():
           "dina_interpret_v4": interpret.summary_table,
           "migvis_sim": visualize.summary_table, "migvis_sim_validation": visualize.summary_table,
           "direct_encoding_null_seed1": null, "direct_encoding_null_seed2": null,
-          "select_v4_201025": select.summary_table}
+          "select_v4_201025": select.summary_table,
+          "select_gabor_lit_v4_201025": select.summary_table}
 
 
 @pytest.mark.parametrize("name", list(_formatters()))
