@@ -11,7 +11,7 @@ each recording with its features as `out_dir/<recording>.npz` (the `read_npz` fo
 field `image_features` (N, F) float32 beside the images, responses, split and stimulus
 ids, so every method and baseline still finds the pixels) and `out_dir/features.json`
 (what was computed: backbone, weights file and its size, layer, pooling, input size,
-feature width, recordings, provenance). With `prepare_dir` it also builds the TFDS
+feature width, recordings, the TFDS copy's folder, provenance). With `prepare_dir` it also builds the TFDS
 (ArrayRecord) copy of those files there (`tfds_builders.prepare("npz", ...)`).
 
 `configs/vna_features.py:<out_dir>` trains VNA (and, with --config.method, a baseline)
@@ -95,10 +95,10 @@ def run(config, *, backbone: str, weights: str, layer: str, pool: str, out_dir: 
       "recordings": {rec.name: rec.num_images for rec in dataset.recordings},
       "provenance": provenance.record(config, dataset, started=started),
   }
-  files.write_json(out / MANIFEST, manifest, is_ours=_manifest_is_ours,
-                   what="a features.json written by jaxvna features")
   if prepare_dir:
     from jaxvna.data import tfds_builders  # noqa: PLC0415
     manifest["prepared_dir"] = str(tfds_builders.prepare(
         "npz", prepare_dir, reader_kwargs={"paths": [str(p) for p in targets]}))
+  files.write_json(out / MANIFEST, manifest, is_ours=_manifest_is_ours,
+                   what="a features.json written by jaxvna features")
   return manifest

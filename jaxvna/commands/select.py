@@ -65,24 +65,21 @@ def candidate_config(config, settings: dict, split: str):
   """`config` with `settings` ({dotted key: value}; "seed" included) applied, evaluated on
   `split`, without the select block and the null controls (a candidate is only scored)."""
   c = config.copy_and_resolve_references()
+  was_locked = c.is_locked
   with c.unlocked():
     del c["select"]
-    for key, value in settings.items():
-      node, *path = key.split(".")
-      parent = c
-      for part in [node, *path][:-1]:
-        if part not in parent:
-          raise errors.ConfigError(f"select.grid.{key}: the config has no field {key!r}")
-        parent = parent[part]
-      leaf = key.split(".")[-1]
-      if leaf not in parent:
-        raise errors.ConfigError(f"select.grid.{key}: the config has no field {key!r}")
-      try:
-        parent[leaf] = value
-      except TypeError as e:  # ConfigDict keeps a field's type
-        raise errors.ConfigError(f"select.grid.{key}: {value!r} cannot be set there ({e})") from e
-    c.eval.split = split
-    c.eval.null_control = False
+  c.lock()  # a grid key the config lacks is refused, not added
+  for key, value in settings.items():  # one at a time, to name the one that fails
+    try:
+      c.update_from_flattened_dict({key: value})
+    except KeyError as e:
+      raise errors.ConfigError(f"select.grid.{key}: the config has no field {key!r}") from e
+    except TypeError as e:  # ConfigDict keeps a field's type
+      raise errors.ConfigError(f"select.grid.{key}: {value!r} cannot be set there ({e})") from e
+  c.eval.split = split
+  c.eval.null_control = False
+  if not was_locked:
+    c.unlock()
   return c
 
 
