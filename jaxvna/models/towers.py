@@ -519,13 +519,11 @@ class BackboneTower(nn.Module):
     stats = {k: v for k, v in net.variables.items() if k != "params"}
     if stats:
       variables.update(lax.stop_gradient(self.param(FROZEN_PREFIX + "stats", lambda _: stats)))
-    def run(variables, images):
-      return net.module.apply(variables, net.preprocess(images), train=False)
     if self.is_initializing():  # the head needs only the shapes: skip the network's FLOPs
       feats = {k: jnp.zeros(v.shape, v.dtype)
-               for k, v in jax.eval_shape(run, variables, images).items()}
+               for k, v in jax.eval_shape(net.apply, variables, images).items()}
     else:
-      feats = run(variables, images)
+      feats = net.apply(variables, images)
     x = pool_features(feats[self.layer], self.pool).astype(self.dtype)
     return _mlp_head(self, x, dict(feats), return_features)
 
@@ -533,8 +531,8 @@ class BackboneTower(nn.Module):
 def backbone_feature_maps(block) -> tuple[str, ...]:
   """The stages of a `backbone` image tower block's network that are (B, h, w, c) maps."""
   net = pretrained(block["backbone"], block["weights_file"], block["input_size"])
-  shapes = jax.eval_shape(lambda v, x: net.module.apply(v, net.preprocess(x), train=False),
-                          net.variables, jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.uint8))
+  shapes = jax.eval_shape(net.apply, net.variables,
+                          jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.uint8))
   return tuple(s for s in net.stages if len(shapes[s].shape) == 4)
 
 

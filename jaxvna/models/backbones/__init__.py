@@ -40,10 +40,15 @@ class Backbone:
   preprocess: Callable
   stages: tuple[str, ...]
 
+  def apply(self, variables: dict, images) -> dict:
+    """{stage: activations} of `images` (B, H, W, C) in [0, 1] (or uint8) with the given
+    variables (this backbone's, or a model's copy of them), the network in eval mode."""
+    return self.module.apply(variables, self.preprocess(images), train=False)
+
   def __call__(self, images, stages=None) -> dict:
-    """{stage: activations} of `images` (B, H, W, C) float in [0, 1], for `stages`
-    (default all), the network in eval mode."""
-    out = self.module.apply(self.variables, self.preprocess(images), train=False)
+    """{stage: activations} of `images` with the backbone's own variables, for `stages`
+    (default all)."""
+    out = self.apply(self.variables, images)
     return {s: out[s] for s in (self.stages if stages is None else stages)}
 
 
