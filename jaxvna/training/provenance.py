@@ -56,6 +56,18 @@ def command_line(argv: list[str] | None = None) -> str:
   return shlex.join(argv)
 
 
+def config_overrides(command: str, *, drop: tuple[str, ...] = ()) -> str:
+  """The `--config.<field>=<value>` flags of a recorded command line, in order, as typed
+  (those of the fields in `drop` left out): what one run of a sweep changed.
+
+  >>> config_overrides("jaxvna train --config=c.py --workdir=W --config.seed=1 --force")
+  '--config.seed=1'
+  """
+  flags = [arg for arg in shlex.split(command) if arg.startswith("--config.")]
+  return " ".join(shlex.quote(f) for f in flags
+                  if f.split("=", 1)[0].removeprefix("--config.") not in drop)
+
+
 def portable(text: str) -> str:
   """`text` with this machine's data folder ($JAXVNA_DATA_DIR), working folder and home
   written as those names, so that a result file reads the same on every machine."""

@@ -22,6 +22,18 @@ def test_command_line_is_what_a_user_types_again(tmp_path, monkeypatch):
   assert provenance.command_line([str(cli), "train", "--workdir=W"]) == "jaxvna train --workdir=W"
 
 
+def test_config_overrides_are_the_config_flags_of_a_command_in_order():
+  command = ("jaxvna visualize --config=configs/migvis_sim.py --workdir=W "
+             "--config.eval.migvis.split=validation '--config.eval.migvis.scales=(300.0,)' "
+             "--config.seed=1 --force")
+  assert provenance.config_overrides(command) == (
+      "--config.eval.migvis.split=validation '--config.eval.migvis.scales=(300.0,)' "
+      "--config.seed=1")
+  assert provenance.config_overrides(command, drop=("eval.migvis.split", "seed")) == (
+      "'--config.eval.migvis.scales=(300.0,)'")
+  assert provenance.config_overrides("jaxvna train --config=c.py --workdir=W") == ""
+
+
 def test_portable_names_the_data_folder_working_folder_and_home(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   monkeypatch.setenv("JAXVNA_DATA_DIR", "/data/shared/")

@@ -456,3 +456,21 @@ def summary_table(results: dict) -> str:
     rows.append(f"| wall time of `jaxvna visualize` (training included when it trained) | "
                 f"{results['provenance']['wall_time_s'] / 60:.1f} min |")
   return "\n".join(rows)
+
+
+def settings_table(runs) -> str:
+  """Markdown table comparing editing settings: one row per (test, validation) pair of
+  visualize.json files of the same trained models, labelled by the `--config.*` flags its
+  command changed (the split left out); target and off-target shifts and their ratio at
+  the largest guidance scale, each cell "test / validation"."""
+  from jaxvna.training import provenance
+
+  rows = ["| editing (flags beside the shipped config) | target | off-target | ratio |",
+          "|---|---|---|---|"]
+  for test, validation in runs:
+    flags = provenance.config_overrides(test["provenance"]["command"])
+    pair = lambda f: " / ".join(f.format(**r) for r in (test, validation))
+    ratio = " / ".join(f"{r['target_shift'] / r['offtarget_shift']:.2f}" for r in (test, validation))
+    rows.append(f"| {f'`{flags}`' if flags else 'shipped'} | "
+                f"{pair('{target_shift:.2f}')} | {pair('{offtarget_shift:.2f}')} | {ratio} |")
+  return "\n".join(rows)

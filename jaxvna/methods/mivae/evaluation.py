@@ -350,3 +350,17 @@ def summary_table(results: dict, n_way: str = "10") -> str:
                f"{band(check['decoding'][n_way])} | {band(check['encoding'][n_way])} | "
                f"{'yes, at every N' if not off else 'NO: ' + ', '.join(off)} |")
   return "\n".join(rows) + "\n\n" + "\n".join(top)
+
+
+def sweep_table(runs, metrics=("mcc", "mcc_image", "rf_corr", "zero_shot_ratio")) -> str:
+  """Markdown table of `jaxvna train` result files of one sweep: one row per file,
+  labelled by the `--config.*` flags of its command, one column per miVAE metric."""
+  from jaxvna.training import provenance
+
+  rows = ["| run | " + " | ".join(f"`{m}`" for m in metrics) + " |",
+          "|---" * (len(metrics) + 1) + "|"]
+  for run in runs:
+    flags = provenance.config_overrides(run["provenance"]["command"])
+    values = run["results"]["mivae"]
+    rows.append(f"| `{flags}` | " + " | ".join(f"{values[m]:.3f}" for m in metrics) + " |")
+  return "\n".join(rows)
