@@ -8,7 +8,8 @@ Trains one model per method on all sessions together (each session its own neuro
 read-in), evaluates each session's held-out images, writes W/results.json (as `jaxvna
 demo`, with the null controls and the provenance), W/demo.png and W/v4_table.md, prints
 the Markdown table, and copies the result file and the plot where --results and --plot say
-(`jaxvna reproduce v4` runs this command again).
+(`jaxvna reproduce v4` runs this command again). `--config=configs/vna_allen_v1.py` runs
+the same comparison on the Allen mouse V1 scenes.
 """
 
 import pathlib

@@ -17,17 +17,17 @@ import ml_collections
 from jaxvna.configs import split_tiny, vna_sim
 
 
-def default_root() -> str:
-  """$JAXVNA_DATA_DIR/cowley_v4, else ../shared/data/cowley_v4 beside the repository (or
-  the working directory) where it exists."""
+def default_root(folder: str = "cowley_v4") -> str:
+  """$JAXVNA_DATA_DIR/<folder>, else ../shared/data/<folder> beside the repository (or the
+  working directory) where it exists."""
   env = os.environ.get("JAXVNA_DATA_DIR")
   if env:
-    return str(pathlib.Path(env) / "cowley_v4")
+    return str(pathlib.Path(env) / folder)
   candidates = [pathlib.Path(__file__).resolve().parents[1].parent, pathlib.Path.cwd().parent]
   for base in candidates:
-    if (base / "shared" / "data" / "cowley_v4").is_dir():
-      return str(base / "shared" / "data" / "cowley_v4")
-  return str(candidates[0] / "shared" / "data" / "cowley_v4")
+    if (base / "shared" / "data" / folder).is_dir():
+      return str(base / "shared" / "data" / folder)
+  return str(candidates[0] / "shared" / "data" / folder)
 
 
 def get_config(arg: str = "vna"):

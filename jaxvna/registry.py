@@ -92,6 +92,9 @@ class Method:
     training_subjects: (config, dataset) -> the dataset of the subjects it trains on.
     poisson_likelihood: (config) -> whether its objective is a Poisson likelihood of the
       responses (which must then be counts, >= 0).
+    decodes_pixels: its objective reconstructs each image as a config.model.decoder_size
+      square of block averages (`models.inputs.downsample_images`), whose side must then
+      divide the image's.
     commands: CLI verbs the method adds: {verb: fn(config, workdir, *, force)}.
     in_demo: `jaxvna demo` trains it on the demo config (with `method` set to its name)
       and puts it in the comparison table.
@@ -111,6 +114,7 @@ class Method:
   prepare: Callable[..., Any] = _nothing
   training_subjects: Callable[..., Any] = _all_subjects
   poisson_likelihood: Callable[[Any], bool] = _never
+  decodes_pixels: bool = False
   commands: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
   in_demo: bool = False
   title: str = ""

@@ -71,6 +71,8 @@ def test_every_shipped_config_and_its_tiny_variant_build(name, features_dir):
   elif default.data.kind == "npz":  # the files of `jaxvna features`, all of them
     assert tiny.data.kwargs.paths == default.data.kwargs.paths
     assert len(default.data.kwargs.paths) == 3
+  elif default.data.kind == "allen_natural_scenes":  # one recording, read whole
+    assert tiny.data.kwargs.root == default.data.kwargs.root
   else:  # a few of the recorded sessions
     assert default.data.sessions in (None, ("201025",)) and 1 <= len(tiny.data.sessions) <= 2
 
@@ -113,3 +115,23 @@ def test_the_features_config_reads_the_folder_and_trains_the_features_head(featu
     _module("vna_features").get_config(str(tmp_path))
   with pytest.raises(ValueError, match="pass the folder"):
     _module("vna_features").get_config("tiny")
+
+
+@pytest.mark.parametrize("method", ["direct_decoding", "direct_encoding"])
+def test_allen_config_trains_and_scores_on_the_recording(method, real_data_dir, tmp_path):
+  """vna_allen_v1.py on the Allen scenes: 31x31 images (a prime side: the decoder
+  reconstructs every pixel) and signed responses (squared-error encoding), scored on its
+  18 test images; Gabor-ridge's pyramid drops the frequency 31 px cannot carry."""
+  from jaxvna.evaluation import discriminative
+  from jaxvna.training import train
+  config = _module("vna_allen_v1").get_config(f"{method},tiny")
+  config.data.root = str(real_data_dir / "allen_v1_natural_scenes")
+  results = train.train_and_evaluate(config, tmp_path)
+  dataset = train.load_dataset(config)
+  assert dataset.recordings[0].images.shape[1:] == (31, 31, 1)
+  tasks = results["results"][method]
+  for task in ("decoding", "encoding"):
+    assert 0.0 <= tasks[task]["10"]["top1"] <= 1.0
+  if method == "direct_encoding":
+    ridge = discriminative.evaluate_gabor_ridge(config, dataset)
+    assert set(ridge["decoding"]) == {"2", "10", "all"}

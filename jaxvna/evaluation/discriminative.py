@@ -216,12 +216,15 @@ def evaluate_model(config, dataset: Dataset, represent: Represent) -> dict:
 
 
 def evaluate_gabor_ridge(config, dataset: Dataset) -> dict:
-  """The classic reference: Gabor-energy features + ridge, per subject, same protocol."""
+  """The classic reference: Gabor-energy features + ridge, per subject, same protocol
+  (the default pyramid, less the frequencies finer than a recording's images carry)."""
   from jaxvna.models import gabor_ridge
   per_subject = {}
   for rec in dataset.recordings:
     train, test = rec.indices("train"), rec.indices(config.eval.split)
-    model = gabor_ridge.GaborRidge().fit(rec.images[train], rec.responses[train])
+    frequencies = gabor_ridge.resolvable_frequencies(*rec.images.shape[1:3])
+    model = gabor_ridge.GaborRidge(spatial_frequencies=frequencies).fit(
+        rec.images[train], rec.responses[train])
     held_out = rec.subset(test)
     trials, trial_images = identification.single_trial_queries(held_out.responses)
     rates = model.predict(held_out.images)

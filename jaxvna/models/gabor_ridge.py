@@ -165,6 +165,14 @@ def _check_compression(compression: str) -> None:
     raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
 
 
+def resolvable_frequencies(height: int, width: int,
+                           spatial_frequencies: Sequence[float] = DEFAULT_SPATIAL_FREQUENCIES
+                           ) -> tuple[float, ...]:
+  """The `spatial_frequencies` (cycles per image) that `height` x `width` images can carry:
+  a wavelength of at least 2 pixels along the shorter side. 31x31 images drop 16."""
+  return tuple(f for f in spatial_frequencies if min(height, width) / float(f) >= 2.0)
+
+
 def gabor_energy_features(images: np.ndarray, *,
                           spatial_frequencies: Sequence[float] = DEFAULT_SPATIAL_FREQUENCIES,
                           orientations: int = 8, sigma_cycles: float = 0.5,

@@ -173,7 +173,8 @@ def check_training_data(config, dataset: Dataset, device_count: int) -> None:
   """What training `config` needs from `dataset`, checked before the first step.
 
   Raises:
-    ConfigError: the batch is not a multiple of the devices.
+    ConfigError: the batch is not a multiple of the devices, or a method that decodes
+      pixels has a decoder_size that does not divide the images' sides.
     DataError: fewer training examples than one batch (training would repeat examples
       inside a batch), or negative responses for a Poisson objective (whose loss is
       then unbounded below).
@@ -182,6 +183,16 @@ def check_training_data(config, dataset: Dataset, device_count: int) -> None:
   if batch % device_count:
     raise ConfigError(f"config.train.batch_size={batch} is not a multiple of the "
                       f"{device_count} devices")
+  size = config.model.decoder_size
+  if registry.get(config.method).decodes_pixels:
+    for rec in dataset.recordings:
+      h, w = rec.images.shape[1:3]
+      if h % size or w % size:
+        fits = [d for d in range(1, min(h, w) + 1) if h % d == 0 and w % d == 0]
+        raise ConfigError(
+            f"config.model.decoder_size={size}: {rec.source or rec.name} holds {h}x{w} "
+            f"images; {config.method} reconstructs each as {size}x{size} block averages, "
+            f"so the size must divide both sides (here: {', '.join(map(str, fits))})")
   examples = _training_examples(config, dataset)
   if examples < batch:
     raise DataError(

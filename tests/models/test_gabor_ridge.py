@@ -6,8 +6,8 @@ import pytest
 from jaxvna.data.dataset import DataError
 from jaxvna.gabor import complex_gabor_1d, gabor, quadrature_bank
 from jaxvna.models.gabor_ridge import (GaborRidge, RidgeCV, gabor_energy_features, identify,
-                                       neuron_correlations, pyramid_layout, ridge_coefficients,
-                                       trial_average)
+                                       neuron_correlations, pyramid_layout, resolvable_frequencies,
+                                       ridge_coefficients, trial_average)
 
 SIZE = 32
 FREQUENCIES = (2.0, 4.0, 8.0)
@@ -129,6 +129,14 @@ def test_feature_input_errors():
     gabor_energy_features(np.zeros((1, 16, 16), np.uint8), spatial_frequencies=(16,))
   with pytest.raises(ValueError, match="compression"):
     GaborRidge(compression="cube")
+
+
+def test_resolvable_frequencies_are_those_with_a_wavelength_of_two_pixels_or_more():
+  assert resolvable_frequencies(64, 64) == (1.0, 2.0, 4.0, 8.0, 16.0)
+  assert resolvable_frequencies(31, 31) == (1.0, 2.0, 4.0, 8.0)  # 31 / 16 < 2 px
+  assert resolvable_frequencies(40, 32) == (1.0, 2.0, 4.0, 8.0, 16.0)  # the shorter side
+  frequencies = resolvable_frequencies(31, 31)
+  gabor_energy_features(np.zeros((1, 31, 31), np.uint8), spatial_frequencies=frequencies)
 
 
 @pytest.mark.parametrize("num_rows", [40, 12])

@@ -128,3 +128,16 @@ def test_the_batch_must_divide_over_the_devices():
   config.train.batch_size = 60
   with pytest.raises(ConfigError, match="not a multiple of the 8 devices"):
     preflight.check_training_data(config, _arrays_dataset(100), device_count=8)
+
+
+def test_a_decoder_size_that_does_not_divide_the_images_is_refused_with_what_fits():
+  config = vna_sim.get_config("direct_decoding,tiny")
+  config.model.decoder_size = 12  # 32x32 images
+  with pytest.raises(ConfigError, match=r"decoder_size=12: .* 32x32 images; direct_decoding "
+                                        r".* \(here: 1, 2, 4, 8, 16, 32\)"):
+    preflight.check_training_data(config, _arrays_dataset(100), device_count=8)
+  config.model.decoder_size = 8
+  preflight.check_training_data(config, _arrays_dataset(100), device_count=8)  # accepted
+  vna = vna_sim.get_config("vna,tiny")  # decodes no pixels: any size
+  vna.model.decoder_size = 12
+  preflight.check_training_data(vna, _arrays_dataset(100), device_count=8)

@@ -101,6 +101,6 @@ NEURONS_SHUFFLED = registry.NullControl(
 METHODS = {"mivae": registry.Method(
     name="mivae", build_model=build_model, init_args=init_args, objective=objective,
     evaluate=evaluate, prepare=prepare, training_subjects=training_subjects,
-    poisson_likelihood=lambda config: True, title="miVAE",
+    poisson_likelihood=lambda config: True, decodes_pixels=True, title="miVAE",
     example_config="configs/mivae_sim.py", null_controls=(NEURONS_SHUFFLED,),
     summary=evaluation.summary_table)}
