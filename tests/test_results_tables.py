@@ -22,7 +22,7 @@ def _indented(text):
   return "\n".join("    " + line for line in text.splitlines())
 
 
-@pytest.mark.parametrize("name", ["demo", "v4", "v4_alone_201025"])
+@pytest.mark.parametrize("name", ["demo", "v4", "v4_alone_201025", "allen_v1"])
 def test_readme_mean_table_is_the_result_file(name):
   """`jaxvna demo` (results/demo.json) and benchmarks/real_v4.py (results/v4.json, and one
   session alone)."""
@@ -38,7 +38,7 @@ def test_readme_v4_session_table_is_the_result_file():
   assert f"in {beats} of the {len(table.splitlines()) - 2} session x task cells" in README
 
 
-@pytest.mark.parametrize("name", ["demo", "v4", "v4_alone_201025"])
+@pytest.mark.parametrize("name", ["demo", "v4", "v4_alone_201025", "allen_v1"])
 def test_readme_null_control_table_is_the_result_file_and_at_chance(name):
   results = _results(name)
   table = demo.null_control_table(results)
