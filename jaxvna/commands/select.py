@@ -110,26 +110,30 @@ def _check(config) -> list[dict]:
   return points
 
 
-def _validation_results(config, members, dataset) -> dict:
-  """{method: results} of one candidate on the validation split: the model's own
-  evaluation, or with several seeds the ensemble's (`discriminative.ensemble_represent`)."""
+def _ensemble_results(config, members, dataset) -> dict:
+  """Results of the members' ensemble (`discriminative.ensemble_represent`) on
+  config.eval.split."""
   from jaxvna import registry  # noqa: PLC0415
   from jaxvna.evaluation import discriminative  # noqa: PLC0415
+  method = registry.get(config.method)
+  ensemble = discriminative.ensemble_represent(
+      [method.represent(config, model, params) for model, params in members])
+  return discriminative.evaluate_model(config, dataset, ensemble)
+
+
+def _validation_results(config, members, dataset) -> dict:
+  """{method: results} of one candidate on the validation split: the model's own
+  evaluation, or with several seeds the ensemble's."""
   from jaxvna.training import train  # noqa: PLC0415
   if len(members) == 1:
     (model, params), = members
     return train.evaluate(config, model, params, dataset, None)
-  method = registry.get(config.method)
-  ensemble = discriminative.ensemble_represent(
-      [method.represent(config, model, params) for model, params in members])
-  return {config.method: discriminative.evaluate_model(config, dataset, ensemble)}
+  return {config.method: _ensemble_results(config, members, dataset)}
 
 
 def run(config, workdir, *, force: bool = False) -> dict:
   """`jaxvna select`: trains and scores every candidate, evaluates the chosen one on the
   test split; returns the content of workdir/results.json."""
-  from jaxvna import registry  # noqa: PLC0415
-  from jaxvna.evaluation import discriminative  # noqa: PLC0415
   from jaxvna.training import train  # noqa: PLC0415
   started = time.time()
   points = _check(config)
@@ -171,10 +175,7 @@ def run(config, workdir, *, force: bool = False) -> dict:
   out = train.evaluate_and_write(final, model, params, dataset, workdir,
                                  step=final.train.steps, started=started, null_controls=nulls)
   if len(members) > 1:
-    ensemble = discriminative.ensemble_represent(
-        [registry.get(config.method).represent(final, m, p) for m, p in members])
-    out["results"][f"{config.method}_ensemble"] = discriminative.evaluate_model(
-        final, dataset, ensemble)
+    out["results"][f"{config.method}_ensemble"] = _ensemble_results(final, members, dataset)
   out["selection"] = {
       "score": f"validation {s.score} of decoding and encoding {s.n_way}-way top-1"
                if s.score == "mean" else f"validation {s.score} {s.n_way}-way top-1",
