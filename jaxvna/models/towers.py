@@ -469,12 +469,17 @@ FROZEN_PREFIX = "frozen_"  # parameters named so are never updated (`trained_mas
 
 @functools.lru_cache(maxsize=2)
 def pretrained(backbone: str, weights_file: str, input_size: int):
-  """The `jaxvna.models.backbones.Backbone` of a tower's fields, loaded once per process."""
+  """The `jaxvna.models.backbones.Backbone` of a tower's fields, loaded once per process.
+
+  The first call often comes from inside a jitted init or step: the weights are made
+  eagerly even then, since a cached array staged into one trace would leak into the next.
+  """
   from jaxvna.models import backbones  # noqa: PLC0415 -- backbones import this module
   if not weights_file:
     raise ConfigError("model.image_tower.weights_file: empty; expected the backbone's "
                       "parameter file (or 'random' for a randomly initialised ResNet)")
-  return backbones.load(backbone, weights_file, image_size=input_size or None)
+  with jax.ensure_compile_time_eval():
+    return backbones.load(backbone, weights_file, image_size=input_size or None)
 
 
 class BackboneTower(nn.Module):

@@ -89,3 +89,20 @@ def test_with_several_seeds_each_candidate_is_scored_as_their_ensemble(tmp_path)
   ensemble, member = out["results"]["vna_ensemble"], out["results"]["vna"]
   assert ensemble["per_subject"].keys() == member["per_subject"].keys()
   assert ensemble["decoding"]["10"]["top1"] != member["decoding"]["10"]["top1"]
+
+
+
+def test_a_backbone_layer_is_a_grid_key():
+  """The pretrained tower's stage as a choice: each candidate's config names its own
+  stage (training one is the backbone tower's own test, tests/models/test_towers.py)."""
+  from jaxvna.configs import common
+  config = vna_sim.get_config("tiny")
+  config.model.image_tower = common.image_tower(
+      "backbone", backbone="resnet18", weights_file="random", layer="layer2", input_size=32)
+  config.select.grid = ml_collections.ConfigDict(
+      {"model": {"image_tower": {"layer": ("layer2", "layer3")}}})
+  assert preflight.config_problems(config) == []
+  points = select.grid_points(config.select.grid)
+  layers = [select.candidate_config(config, p, "validation").model.image_tower.layer
+            for p in points]
+  assert layers == ["layer2", "layer3"]

@@ -437,6 +437,18 @@ def test_bad_pooling_is_named(pool, message):
 
 
 
+def test_a_backbone_first_loaded_inside_a_trace_is_concrete_in_the_next():
+  """The tower loads its network during a jitted init or step; the cached weights must
+  not be that trace's values (two runs in one process, e.g. `jaxvna select`'s candidates,
+  failed with a leaked tracer)."""
+  T.pretrained.cache_clear()
+  jax.jit(lambda x: x + jax.tree.leaves(T.pretrained("resnet18", "random", 16).variables)[0]
+          .sum())(1.0)
+  leaves = jax.tree.leaves(T.pretrained("resnet18", "random", 16).variables)
+  assert not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
+  assert jax.jit(lambda: leaves[0].sum())() == leaves[0].sum()
+  T.pretrained.cache_clear()
+
 
 def _changed(a, b) -> bool:
   return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
