@@ -106,20 +106,29 @@ def null_control_table(results: dict) -> str:
 TABLE_METHODS = ("vna", "direct_encoding", "direct_decoding", "gabor_ridge")
 
 
-def per_subject_table(results: dict, n_way: str = "10") -> str:
+def per_subject_table(results: dict, n_way: str = "10", *,
+                      methods: tuple[str, ...] = TABLE_METHODS, header: bool = True) -> str:
   """Markdown: each subject's N-way top-1 [95% CI] of VNA, the direct baselines and the
-  ridge reference per task, and whether VNA's CI lies above both direct baselines'."""
-  methods = [m for m in TABLE_METHODS if m in results]
+  ridge reference per task, and whether VNA's CI lies above both direct baselines'. With
+  "gabor_lit" among `methods`, also the VNA family's best (VNA or Gabor-LiT) minus
+  Gabor-ridge. `header=False` gives the rows alone (to stack the tables of several runs)."""
+  methods = [m for m in methods if m in results]
+  family = "gabor_lit" in methods and "gabor_ridge" in methods
   cell = lambda r: f"{r['top1']:.3f} [{r['top1_ci95'][0]:.2f}, {r['top1_ci95'][1]:.2f}]"
   rows = ["| session | task | " + " | ".join(methods) + " | VNA beats both direct "
-          "(CIs apart) |", "|---|---|" + "---|" * (len(methods) + 1)]
+          "(CIs apart) |" + (" best of VNA family - gabor_ridge |" if family else ""),
+          "|---|---|" + "---|" * (len(methods) + 1 + family)] if header else []
   for subject in results["vna"]["per_subject"]:
     for task in ("decoding", "encoding"):
       cells = {m: results[m]["per_subject"][subject][task][n_way] for m in methods}
       beats = all(cells["vna"]["top1_ci95"][0] > cells[m]["top1_ci95"][1]
                   for m in ("direct_encoding", "direct_decoding"))
+      gap = ""
+      if family:
+        best = max(cells["vna"]["top1"], cells["gabor_lit"]["top1"])
+        gap = f" {best - cells['gabor_ridge']['top1']:+.3f} |"
       rows.append(f"| {subject} | {task} | " + " | ".join(cell(cells[m]) for m in methods)
-                  + f" | {'yes' if beats else 'no'} |")
+                  + f" | {'yes' if beats else 'no'} |" + gap)
   return "\n".join(rows)
 
 
