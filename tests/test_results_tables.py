@@ -112,6 +112,9 @@ def test_every_null_control_in_the_result_files_sits_at_chance(path):
                 # residual above chance (2-way 0.564 / 0.565, band to 0.557; 10-way decoding
                 # 0.147, band to 0.142; 50-way 0.047 / 0.045, band to 0.043): the summed
                 # population activity (README, miVAE).
+                # session 190923 alone: Gabor-LiT's shuffled pairs at 50-way encoding
+                # 0.048 (band to 0.047), at chance at every other N
+                ("v4_alone_190923", "gabor_lit", "null_control"): {("encoding", "50")},
                 ("mivae_v4", "mivae", "null_neurons"): {("decoding", "2"), ("decoding", "10"),
                                                         ("decoding", "50"), ("encoding", "2"),
                                                         ("encoding", "50")}}
@@ -171,3 +174,14 @@ def test_readme_throughput_table_is_the_benchmark_file(name):
   result = json.loads((REPO / "benchmarks" / "results" / f"{name}.json").read_text())
   table = module.summary_table(result)
   assert table in README, f"README's table of benchmarks/results/{name}.json differs:\n{table}"
+
+
+def test_readme_sessions_alone_table_is_the_result_files():
+  """One row pair per results/v4_alone_<session>.json, in file order."""
+  methods = ("vna", "direct_encoding", "direct_decoding", "gabor_lit", "gabor_ridge")
+  runs = [json.loads(p.read_text())["results"]
+          for p in sorted((REPO / "results").glob("v4_alone_*.json"))]
+  assert runs
+  table = "\n".join([demo.per_subject_table(runs[0], methods=methods)] + [
+      demo.per_subject_table(r, methods=methods, header=False) for r in runs[1:]])
+  assert table in README, f"README's sessions-alone table differs from the files:\n{table}"
