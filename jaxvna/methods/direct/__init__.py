@@ -117,5 +117,6 @@ METHODS = {
     "direct_decoding": registry.Method(
         name="direct_decoding", build_model=_build_decoder, init_args=_decoding_init_args,
         objective=decoding_objective, represent=decoding_represent, in_demo=True,
-        decodes_pixels=True, title="direct decoding", example_config="configs/vna_sim.py:direct_decoding"),
+        decodes_pixels=True, title="direct decoding",
+        example_config="configs/vna_sim.py:direct_decoding"),
 }

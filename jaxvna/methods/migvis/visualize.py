@@ -469,8 +469,8 @@ def settings_table(runs) -> str:
           "|---|---|---|---|"]
   for test, validation in runs:
     flags = provenance.config_overrides(test["provenance"]["command"])
-    pair = lambda f: " / ".join(f.format(**r) for r in (test, validation))
-    ratio = " / ".join(f"{r['target_shift'] / r['offtarget_shift']:.2f}" for r in (test, validation))
+    pair = lambda value: " / ".join(f"{value(r):.2f}" for r in (test, validation))
     rows.append(f"| {f'`{flags}`' if flags else 'shipped'} | "
-                f"{pair('{target_shift:.2f}')} | {pair('{offtarget_shift:.2f}')} | {ratio} |")
+                f"{pair(lambda r: r['target_shift'])} | {pair(lambda r: r['offtarget_shift'])} | "
+                f"{pair(lambda r: r['target_shift'] / r['offtarget_shift'])} |")
   return "\n".join(rows)
