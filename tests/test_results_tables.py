@@ -14,8 +14,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
+def _result_file(name):
+  return json.loads((REPO / "results" / f"{name}.json").read_text())
+
+
 def _results(name):
-  return json.loads((REPO / "results" / f"{name}.json").read_text())["results"]
+  return _result_file(name)["results"]
 
 
 def _indented(text):
@@ -87,7 +91,7 @@ def _formatters():
 
 @pytest.mark.parametrize("name", list(_formatters()))
 def test_readme_summary_table_is_the_result_file(name):
-  table = _formatters()[name](json.loads((REPO / "results" / f"{name}.json").read_text()))
+  table = _formatters()[name](_result_file(name))
   shown = table if table.startswith("|") else _indented(table)
   assert shown in README, f"README's table of results/{name}.json differs:\n{table}"
 
@@ -138,8 +142,7 @@ def test_every_null_control_in_the_result_files_sits_at_chance(path):
 
 def test_readme_image_weight_table_is_the_result_files():
   from jaxvna.methods.mivae import evaluation as mivae_evaluation
-  runs = [json.loads((REPO / "results" / f"mivae_sim_image_weight_{w}.json").read_text())
-          for w in ("0.05", "0.01", "0.003")]
+  runs = [_result_file(f"mivae_sim_image_weight_{w}") for w in ("0.05", "0.01", "0.003")]
   table = mivae_evaluation.sweep_table(runs)
   assert table in README, f"README's image_weight table differs from its files:\n{table}"
 

@@ -11,8 +11,9 @@ each recording with its features as `out_dir/<recording>.npz` (the `read_npz` fo
 field `image_features` (N, F) float32 beside the images, responses, split and stimulus
 ids, so every method and baseline still finds the pixels) and `out_dir/features.json`
 (what was computed: backbone, weights file and its size, layer, pooling, input size,
-feature width, recordings, the TFDS copy's folder, provenance). With `prepare_dir` it also builds the TFDS
-(ArrayRecord) copy of those files there (`tfds_builders.prepare("npz", ...)`).
+feature width, recordings, the TFDS copy's folder, provenance). With `prepare_dir` it
+also builds the TFDS (ArrayRecord) copy of those files there
+(`tfds_builders.prepare("npz", ...)`).
 
 `configs/vna_features.py:<out_dir>` trains VNA (and, with --config.method, a baseline)
 on the files, the image tower being the `features` head (an MLP on image_features): the

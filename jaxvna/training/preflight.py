@@ -183,8 +183,8 @@ def check_training_data(config, dataset: Dataset, device_count: int) -> None:
   if batch % device_count:
     raise ConfigError(f"config.train.batch_size={batch} is not a multiple of the "
                       f"{device_count} devices")
-  size = config.model.decoder_size
   if registry.get(config.method).decodes_pixels:
+    size = config.model.decoder_size
     for rec in dataset.recordings:
       h, w = rec.images.shape[1:3]
       if h % size or w % size:
