@@ -10,6 +10,11 @@ demo`, with the null controls and the provenance), W/demo.png and W/v4_table.md,
 the Markdown table, and copies the result file and the plot where --results and --plot say
 (`jaxvna reproduce v4` runs this command again). `--config=configs/vna_allen_v1.py` runs
 the same comparison on the Allen mouse V1 scenes.
+
+  python benchmarks/real_v4.py --table results/v4_alone_*.json
+
+prints, without training, the table of several result files stacked (e.g. every session
+trained alone, Gabor-LiT included) and how many sessions VNA and its family win.
 """
 
 import pathlib
@@ -26,10 +31,26 @@ flags.DEFINE_string("workdir", "workdir_v4", "Output folder.")
 flags.DEFINE_string("n_way", "10", "The N of the table.")
 flags.DEFINE_string("results", None, "Copy W/results.json here (e.g. results/v4.json).")
 flags.DEFINE_string("plot", None, "Copy W/demo.png here (e.g. docs/v4.png).")
+flags.DEFINE_bool("table", False, "Print the stacked table of the result files given as "
+                  "arguments instead of training.")
 FLAGS = flags.FLAGS
 
+def print_stacked(paths: list[str]) -> None:
+  import json
+  from jaxvna.commands import demo
+  runs = [json.loads(pathlib.Path(p).read_text())["results"] for p in sorted(paths)]
+  print(demo.per_subject_table(runs, FLAGS.n_way, methods=demo.FAMILY_TABLE_METHODS))
+  print()
+  print(demo.per_subject_summary(runs, FLAGS.n_way, methods=demo.FAMILY_TABLE_METHODS))
+
+
 def main(argv):
-  del argv
+  if FLAGS.table:
+    if len(argv) < 2:
+      raise app.UsageError("--table needs result files, e.g. results/v4_alone_*.json")
+    return print_stacked(argv[1:])
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   from jaxvna.commands import demo

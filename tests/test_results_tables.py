@@ -4,6 +4,9 @@ fails here."""
 
 import json
 import pathlib
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -190,11 +193,24 @@ def test_readme_throughput_table_is_the_benchmark_file(name):
 
 
 def test_readme_sessions_alone_table_is_the_result_files():
-  """One row pair per results/v4_alone_<session>.json, in file order."""
-  methods = ("vna", "direct_encoding", "direct_decoding", "gabor_lit", "gabor_ridge")
+  """One row pair per results/v4_alone_<session>.json, in file order, and the win counts
+  beneath, as `benchmarks/real_v4.py --table results/v4_alone_*.json` prints them."""
   runs = [json.loads(p.read_text())["results"]
           for p in sorted((REPO / "results").glob("v4_alone_*.json"))]
   assert runs
-  table = "\n".join([demo.per_subject_table(runs[0], methods=methods)] + [
-      demo.per_subject_table(r, methods=methods, header=False) for r in runs[1:]])
+  table = demo.per_subject_table(runs, methods=demo.FAMILY_TABLE_METHODS)
   assert table in README, f"README's sessions-alone table differs from the files:\n{table}"
+  summary = textwrap.indent(
+      demo.per_subject_summary(runs, methods=demo.FAMILY_TABLE_METHODS), "    ")
+  assert summary in README, f"README's sessions-alone counts differ:\n{summary}"
+
+
+def test_real_v4_table_command_prints_the_stacked_table():
+  """The command the README names prints what the test above composes."""
+  paths = sorted(str(p) for p in (REPO / "results").glob("v4_alone_*.json"))
+  out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_v4.py"), "--table",
+                        *paths], capture_output=True, text=True, check=True).stdout
+  runs = [json.loads(pathlib.Path(p).read_text())["results"] for p in paths]
+  methods = demo.FAMILY_TABLE_METHODS
+  assert out == (demo.per_subject_table(runs, methods=methods) + "\n\n"
+                 + demo.per_subject_summary(runs, methods=methods) + "\n")

@@ -104,32 +104,65 @@ def null_control_table(results: dict) -> str:
 
 
 TABLE_METHODS = ("vna", "direct_encoding", "direct_decoding", "gabor_ridge")
+# The sessions-alone table also shows Gabor-LiT, the VNA family's other member.
+FAMILY_TABLE_METHODS = ("vna", "direct_encoding", "direct_decoding", "gabor_lit",
+                        "gabor_ridge")
 
 
-def per_subject_table(results: dict, n_way: str = "10", *,
-                      methods: tuple[str, ...] = TABLE_METHODS, header: bool = True) -> str:
+def _subject_rows(runs: list[dict], n_way: str, methods: tuple[str, ...]):
+  """(subject, task, {method: N-way result}, VNA beats both direct, family gap or None)
+  for every subject of every run; the gap is the VNA family's best (VNA or Gabor-LiT)
+  minus Gabor-ridge, when both are among `methods`."""
+  for results in runs:
+    present = [m for m in methods if m in results]
+    family = "gabor_lit" in present and "gabor_ridge" in present
+    for subject in results["vna"]["per_subject"]:
+      for task in ("decoding", "encoding"):
+        cells = {m: results[m]["per_subject"][subject][task][n_way] for m in present}
+        beats = all(cells["vna"]["top1_ci95"][0] > cells[m]["top1_ci95"][1]
+                    for m in ("direct_encoding", "direct_decoding"))
+        gap = (max(cells["vna"]["top1"], cells["gabor_lit"]["top1"])
+               - cells["gabor_ridge"]["top1"]) if family else None
+        yield subject, task, cells, beats, gap
+
+
+def per_subject_table(runs: dict | list[dict], n_way: str = "10", *,
+                      methods: tuple[str, ...] = TABLE_METHODS) -> str:
   """Markdown: each subject's N-way top-1 [95% CI] of VNA, the direct baselines and the
   ridge reference per task, and whether VNA's CI lies above both direct baselines'. With
   "gabor_lit" among `methods`, also the VNA family's best (VNA or Gabor-LiT) minus
-  Gabor-ridge. `header=False` gives the rows alone (to stack the tables of several runs)."""
-  methods = [m for m in methods if m in results]
+  Gabor-ridge. `runs` is one run's results or a list of them (e.g. one per session trained
+  alone), stacked under one header."""
+  runs = [runs] if isinstance(runs, dict) else list(runs)
+  methods = tuple(m for m in methods if m in runs[0])
   family = "gabor_lit" in methods and "gabor_ridge" in methods
   cell = lambda r: f"{r['top1']:.3f} [{r['top1_ci95'][0]:.2f}, {r['top1_ci95'][1]:.2f}]"
   rows = ["| session | task | " + " | ".join(methods) + " | VNA beats both direct "
           "(CIs apart) |" + (" best of VNA family - gabor_ridge |" if family else ""),
-          "|---|---|" + "---|" * (len(methods) + 1 + family)] if header else []
-  for subject in results["vna"]["per_subject"]:
-    for task in ("decoding", "encoding"):
-      cells = {m: results[m]["per_subject"][subject][task][n_way] for m in methods}
-      beats = all(cells["vna"]["top1_ci95"][0] > cells[m]["top1_ci95"][1]
-                  for m in ("direct_encoding", "direct_decoding"))
-      gap = ""
-      if family:
-        best = max(cells["vna"]["top1"], cells["gabor_lit"]["top1"])
-        gap = f" {best - cells['gabor_ridge']['top1']:+.3f} |"
-      rows.append(f"| {subject} | {task} | " + " | ".join(cell(cells[m]) for m in methods)
-                  + f" | {'yes' if beats else 'no'} |" + gap)
+          "|---|---|" + "---|" * (len(methods) + 1 + family)]
+  for subject, task, cells, beats, gap in _subject_rows(runs, n_way, methods):
+    rows.append(f"| {subject} | {task} | " + " | ".join(cell(cells[m]) for m in methods)
+                + f" | {'yes' if beats else 'no'} |" + (f" {gap:+.3f} |" if family else ""))
   return "\n".join(rows)
+
+
+def per_subject_summary(runs: dict | list[dict], n_way: str = "10", *,
+                        methods: tuple[str, ...] = TABLE_METHODS) -> str:
+  """One line per task: in how many subjects VNA beats both direct baselines with CIs
+  apart and (with "gabor_lit" and "gabor_ridge" among `methods`) the VNA family's best is
+  at or above Gabor-ridge, with the range of that gap."""
+  runs = [runs] if isinstance(runs, dict) else list(runs)
+  lines = []
+  for task in ("decoding", "encoding"):
+    rows = [r for r in _subject_rows(runs, n_way, methods) if r[1] == task]
+    line = (f"{task}: VNA beats both direct (CIs apart) in {sum(r[3] for r in rows)} of "
+            f"{len(rows)}")
+    gaps = [r[4] for r in rows if r[4] is not None]
+    if gaps:
+      line += (f"; VNA family >= gabor_ridge in {sum(g >= 0 for g in gaps)} of {len(gaps)}"
+               f" (gap {min(gaps):+.3f} to {max(gaps):+.3f})")
+    lines.append(line)
+  return "\n".join(lines)
 
 
 def plot_results(results: dict, path, *, title: str = "") -> None:

@@ -73,3 +73,32 @@ def test_eval_re_evaluates_the_null_control_from_its_checkpoint(demo_run):
   after = train.evaluate_workdir(config, workdir)["results"]["vna"]
   assert after["null_control"]["decoding"] == before["null_control"]["decoding"]
   assert after["decoding"] == before["decoding"]
+
+
+def _run(subject: str, top1: dict[str, tuple[float, float]]) -> dict:
+  """A results dict of one subject: each method's 10-way top-1 and CI half-width, the same
+  for both tasks."""
+  cell = lambda acc, half: {"top1": acc, "top1_ci95": [acc - half, acc + half]}
+  return {m: {"per_subject": {subject: {t: {"10": cell(*v)} for t in ("decoding",
+                                                                       "encoding")}}}
+          for m, v in top1.items()}
+
+
+def test_stacked_table_and_counts_over_sessions_alone():
+  runs = [_run("a", {"vna": (0.6, 0.05), "direct_encoding": (0.4, 0.05),
+                     "direct_decoding": (0.2, 0.05), "gabor_lit": (0.5, 0.05),
+                     "gabor_ridge": (0.55, 0.05)}),
+          _run("b", {"vna": (0.5, 0.05), "direct_encoding": (0.45, 0.05),
+                     "direct_decoding": (0.2, 0.05), "gabor_lit": (0.7, 0.05),
+                     "gabor_ridge": (0.75, 0.05)})]
+  table = demo.per_subject_table(runs, methods=demo.FAMILY_TABLE_METHODS).splitlines()
+  assert len(table) == 2 + 4 and table[0].count("|") == 10
+  assert table[2].startswith("| a | decoding | 0.600 [0.55, 0.65]")
+  assert table[2].endswith("| yes | +0.050 |") and table[4].endswith("| no | -0.050 |")
+  assert demo.per_subject_summary(runs, methods=demo.FAMILY_TABLE_METHODS).splitlines() == [
+      "decoding: VNA beats both direct (CIs apart) in 1 of 2; VNA family >= gabor_ridge in"
+      " 1 of 2 (gap -0.050 to +0.050)",
+      "encoding: VNA beats both direct (CIs apart) in 1 of 2; VNA family >= gabor_ridge in"
+      " 1 of 2 (gap -0.050 to +0.050)"]
+  # Without Gabor-LiT, no family column and no family count.
+  assert "family" not in demo.per_subject_summary(runs)
