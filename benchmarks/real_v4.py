@@ -14,7 +14,8 @@ the same comparison on the Allen mouse V1 scenes.
   python benchmarks/real_v4.py --table results/v4_alone_*.json
 
 prints, without training, the table of several result files stacked (e.g. every session
-trained alone, Gabor-LiT included) and how many sessions VNA and its family win.
+trained alone, Gabor-LiT included), how many sessions VNA and its family win, and the null
+controls outside chance's band.
 """
 
 import pathlib

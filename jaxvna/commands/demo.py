@@ -150,7 +150,8 @@ def per_subject_summary(runs: dict | list[dict], n_way: str = "10", *,
                         methods: tuple[str, ...] = TABLE_METHODS) -> str:
   """One line per task: in how many subjects VNA beats both direct baselines with CIs
   apart and (with "gabor_lit" and "gabor_ridge" among `methods`) the VNA family's best is
-  at or above Gabor-ridge, with the range of that gap."""
+  at or above Gabor-ridge, with the range of that gap. Then a line counting the null
+  controls' (task, N) cells of `methods` outside chance's 99% band, naming them."""
   runs = [runs] if isinstance(runs, dict) else list(runs)
   lines = []
   for task in ("decoding", "encoding"):
@@ -162,6 +163,16 @@ def per_subject_summary(runs: dict | list[dict], n_way: str = "10", *,
       line += (f"; VNA family >= gabor_ridge in {sum(g >= 0 for g in gaps)} of {len(gaps)}"
                f" (gap {min(gaps):+.3f} to {max(gaps):+.3f})")
     lines.append(line)
+  cells, off = 0, []
+  for results in runs:
+    for method in (m for m in methods if "null_control" in results.get(m, {})):
+      check = results[method]["null_control"]["chance_check"]
+      cells += sum(len(check[task]) for task in ("decoding", "encoding"))
+      off += [f"{'+'.join(check['subjects'])} {method} {task} N={n}"
+              for task, n in discriminative.off_chance(check)]
+  if cells:
+    lines.append(f"null controls outside chance's 99% band: {len(off)} of {cells} cells"
+                 + (f" ({', '.join(off)})" if off else ""))
   return "\n".join(lines)
 
 

@@ -91,6 +91,10 @@ def test_stacked_table_and_counts_over_sessions_alone():
           _run("b", {"vna": (0.5, 0.05), "direct_encoding": (0.45, 0.05),
                      "direct_decoding": (0.2, 0.05), "gabor_lit": (0.7, 0.05),
                      "gabor_ridge": (0.75, 0.05)})]
+  # Session b's VNA null control leaves chance's band at 10-way decoding.
+  runs[1]["vna"]["null_control"] = {"chance_check": {
+      "decoding": {"10": {"at_chance": False}}, "encoding": {"10": {"at_chance": True}},
+      "subjects": ["b"]}}
   table = demo.per_subject_table(runs, methods=demo.FAMILY_TABLE_METHODS).splitlines()
   assert len(table) == 2 + 4 and table[0].count("|") == 10
   assert table[2].startswith("| a | decoding | 0.600 [0.55, 0.65]")
@@ -99,6 +103,7 @@ def test_stacked_table_and_counts_over_sessions_alone():
       "decoding: VNA beats both direct (CIs apart) in 1 of 2; VNA family >= gabor_ridge in"
       " 1 of 2 (gap -0.050 to +0.050)",
       "encoding: VNA beats both direct (CIs apart) in 1 of 2; VNA family >= gabor_ridge in"
-      " 1 of 2 (gap -0.050 to +0.050)"]
+      " 1 of 2 (gap -0.050 to +0.050)",
+      "null controls outside chance's 99% band: 1 of 2 cells (b vna decoding N=10)"]
   # Without Gabor-LiT, no family column and no family count.
   assert "family" not in demo.per_subject_summary(runs)
