@@ -16,7 +16,8 @@ Ensembles: with `select.seeds` = (0, 1, 2) every candidate is trained once per s
 (`discriminative.ensemble_represent`: the mean of the members' cosines for embedding
 models, the mean prediction for the direct baselines); results.json then holds the first
 seed's model under the method's name and the ensemble under "<method>_ensemble". The
-default, (), trains `config.seed` alone. Each candidate's validation results are in
+default, (), trains `config.seed` alone. A grid of one setting with several seeds is an
+ensemble of that setting, nothing chosen. Each candidate's validation results are in
 `workdir/candidates/<i>/validation.json`.
 
 Score: `select.score` of the N-way top-1 on validation (N = `select.n_way`, trial-averaged
@@ -101,10 +102,10 @@ def _check(config) -> list[dict]:
     raise errors.ConfigError("eval.split: 'validation' is what select chooses on; the final "
                              "evaluation needs another split (test)")
   points = grid_points(s.grid)
-  if len(points) < 2:
-    raise errors.ConfigError("select.grid: nothing to choose from; give at least one field "
-                             "two values (e.g. --config.select.grid.optim.weight_decay="
-                             "'(1e-4,1e-2)')")
+  if len(points) < 2 and len(tuple(s.seeds)) < 2:
+    raise errors.ConfigError("select.grid: nothing to choose from and no ensemble; give at "
+                             "least one field two values (e.g. --config.select.grid.optim."
+                             "weight_decay='(1e-4,1e-2)') or several select.seeds")
   for settings in points:  # a key the config lacks fails before anything trains
     candidate_config(config, settings, "validation")
   return points
