@@ -209,6 +209,22 @@ def test_readme_sessions_alone_table_is_the_result_files():
   assert summary in README, f"README's sessions-alone counts differ:\n{summary}"
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "results").glob("select_ensemble_*.json")),
+                         ids=lambda p: p.stem)
+def test_readme_ensemble_tables_are_the_files_and_their_first_seed_the_alone_run(path):
+  """A three-seed ensemble (`jaxvna select`, one setting, seeds 0-2) of one session: its
+  table is in the README, and its first seed's model scores exactly what the same
+  method scored in that session's sessions-alone file (same config, seed 0)."""
+  results = json.loads(path.read_text())["results"]
+  table = demo.results_table(results)
+  assert _indented(table) in README, f"README's table of {path.name} differs:\n{table}"
+  method = next(m for m in results if not m.endswith("_ensemble"))
+  session = path.stem.rsplit("_", 1)[1]
+  alone = _results(f"v4_alone_{session}")[method]
+  for task in ("decoding", "encoding"):
+    assert results[method][task] == alone[task], (path.name, task)
+
+
 def test_real_v4_table_command_prints_the_stacked_table():
   """The command the README names prints what the test above composes."""
   paths = sorted(str(p) for p in (REPO / "results").glob("v4_alone_*.json"))
