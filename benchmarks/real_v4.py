@@ -36,6 +36,7 @@ flags.DEFINE_bool("table", False, "Print the stacked table of the result files g
                   "arguments instead of training.")
 FLAGS = flags.FLAGS
 
+
 def print_stacked(paths: list[str]) -> None:
   import json
   from jaxvna.commands import demo
