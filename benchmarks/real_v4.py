@@ -41,9 +41,7 @@ def print_stacked(paths: list[str]) -> None:
   import json
   from jaxvna.commands import demo
   runs = [json.loads(pathlib.Path(p).read_text())["results"] for p in sorted(paths)]
-  print(demo.per_subject_table(runs, FLAGS.n_way, methods=demo.FAMILY_TABLE_METHODS))
-  print()
-  print(demo.per_subject_summary(runs, FLAGS.n_way, methods=demo.FAMILY_TABLE_METHODS))
+  print(demo.per_subject_report(runs, FLAGS.n_way, methods=demo.FAMILY_TABLE_METHODS))
 
 
 def main(argv):

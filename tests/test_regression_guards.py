@@ -4,8 +4,9 @@ claim, shrunk to about 45 s on 2 CPU cores).
 
 The other methods' guards sit beside the runs their tests already make: miVAE
 (tests/methods/mivae/test_evaluation.py), DINA (tests/methods/dina/test_interpret.py),
-the scaling exponent (tests/commands/test_scaling.py), Gabor-LiT, the estimator, the
-baselines' and the SigLIP and bfloat16 losses (tests/training).
+MIG-Vis (tests/methods/migvis/test_visualize.py), the scaling exponent
+(tests/commands/test_scaling.py), Gabor-LiT, the estimator, the baselines' and the SigLIP
+and bfloat16 losses (tests/training).
 
 Each floor is the value measured at seed 0 on 2 CPU cores (8 fake devices; 1 device gives
 the same numbers) minus a margin, both written beside it. A method that got worse

@@ -154,9 +154,9 @@ def per_subject_summary(runs: dict | list[dict], n_way: str = "10", *,
   at or above Gabor-ridge, with the range of that gap. Then a line counting the null
   controls' (task, N) cells of `methods` outside chance's 99% band, naming them."""
   runs = [runs] if isinstance(runs, dict) else list(runs)
-  lines = []
+  every_row, lines = list(_subject_rows(runs, n_way, methods)), []
   for task in ("decoding", "encoding"):
-    rows = [r for r in _subject_rows(runs, n_way, methods) if r[1] == task]
+    rows = [r for r in every_row if r[1] == task]
     line = (f"{task}: VNA beats both direct (CIs apart) in {sum(r[3] for r in rows)} of "
             f"{len(rows)}")
     gaps = [r[4] for r in rows if r[4] is not None]
@@ -175,6 +175,13 @@ def per_subject_summary(runs: dict | list[dict], n_way: str = "10", *,
     lines.append(f"null controls outside chance's 99% band: {len(off)} of {cells} cells"
                  + (f" ({', '.join(off)})" if off else ""))
   return "\n".join(lines)
+
+
+def per_subject_report(runs: dict | list[dict], n_way: str = "10", *,
+                       methods: tuple[str, ...] = TABLE_METHODS) -> str:
+  """`per_subject_table` and, after a blank line, `per_subject_summary`."""
+  return (per_subject_table(runs, n_way, methods=methods) + "\n\n"
+          + per_subject_summary(runs, n_way, methods=methods))
 
 
 def plot_results(results: dict, path, *, title: str = "") -> None:
