@@ -38,7 +38,6 @@ flags.DEFINE_integer("seeds", 8, "Null trainings: seeds 0..seeds-1.")
 flags.DEFINE_string("workdir", "workdir_null_spread", "Output folder.")
 flags.DEFINE_string("results", None, "Copy W/null_spread.json here.")
 FLAGS = flags.FLAGS
-Z = 2.576  # the z of `discriminative.chance_check`'s 99% band
 
 
 def spread(checks: list[dict]) -> dict:
@@ -49,6 +48,7 @@ def spread(checks: list[dict]) -> dict:
   so the same band), mean_band chance +- t * sd / sqrt(seeds) (module docstring)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from scipy import stats  # pylint: disable=g-import-not-at-top
+  from jaxvna.evaluation import discriminative  # pylint: disable=g-import-not-at-top
   t = float(stats.t.ppf(0.995, len(checks) - 1))
   out = {}
   for task in ("decoding", "encoding"):
@@ -56,7 +56,7 @@ def spread(checks: list[dict]) -> dict:
     for n_way, first in checks[0][task].items():
       top1 = [c[task][n_way]["top1"] for c in checks]
       sd = float(np.std(top1, ddof=1))
-      analytic_sd = (first["band"][1] - first["band"][0]) / (2 * Z)
+      analytic_sd = (first["band"][1] - first["band"][0]) / (2 * discriminative.CHANCE_Z)
       chance, mean = first["chance"], float(np.mean(top1))
       half = t * sd / len(top1) ** 0.5
       out[task][n_way] = dict(
@@ -77,9 +77,10 @@ def spread_table(result: dict) -> str:
   for control, per_task in result["spread"].items():
     for task, per_n in per_task.items():
       for n_way, s in per_n.items():
-        band = f"[{s['mean_band'][0]:.3f}, {s['mean_band'][1]:.3f}]"
-        rows.append(f"| {control} | {task} | {n_way} | {s['chance']:.3f} | {s['mean']:.3f} "
-                    f"{band}{'' if s['mean_at_chance'] else ' off'} | {s['sd']:.4f} | {s['analytic_sd']:.4f} | {s['ratio']:.2f} "
+        mean = (f"{s['mean']:.3f} [{s['mean_band'][0]:.3f}, {s['mean_band'][1]:.3f}]"
+                + ("" if s["mean_at_chance"] else " off"))
+        rows.append(f"| {control} | {task} | {n_way} | {s['chance']:.3f} | {mean} "
+                    f"| {s['sd']:.4f} | {s['analytic_sd']:.4f} | {s['ratio']:.2f} "
                     f"| {s['outside_band']} of {seeds} |")
   return "\n".join(rows)
 

@@ -305,7 +305,7 @@ def test_null_spread_interval_is_students_t_over_the_seeds():
   out = module.spread(checks)["decoding"]["2"]
   sd = float(np.std([0.52, 0.53, 0.52, 0.53], ddof=1))
   assert out["sd"] == pytest.approx(sd)
-  assert out["analytic_sd"] == pytest.approx(0.05 / module.Z)
+  assert out["analytic_sd"] == pytest.approx(0.05 / discriminative.CHANCE_Z)
   assert out["mean_band"] == pytest.approx([0.5 - 5.841 * sd / 2, 0.5 + 5.841 * sd / 2],
                                            abs=1e-4)
   assert not out["mean_at_chance"] and out["outside_band"] == 0

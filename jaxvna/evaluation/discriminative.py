@@ -235,7 +235,11 @@ def evaluate_gabor_ridge(config, dataset: Dataset) -> dict:
   return dict(combine_subjects(per_subject), per_subject=per_subject)
 
 
-def chance_check(results: dict, *, subjects=None, z: float = 2.576) -> dict:
+# z of chance's band: 99%, as the check is made at several N at once.
+CHANCE_Z = 2.576
+
+
+def chance_check(results: dict, *, subjects=None, z: float = CHANCE_Z) -> dict:
   """Whether a null control's identification sits at chance.
 
   For every task ("decoding", "encoding") and N (not "all") of `results` (an
