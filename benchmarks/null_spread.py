@@ -4,8 +4,9 @@ against the analytic band that `discriminative.chance_check` puts around chance.
   python benchmarks/null_spread.py --config=configs/vna_sim.py:direct_encoding \
       --seeds=8 --workdir=W --results=results/null_spread_direct_encoding_sim.json
 
-Trains only the null controls of the config's method (`train.run_null_controls`), once
-per seed 0..seeds-1 (seed k: its own permutation of the training pairs and its own
+Trains only the null controls of the config's method (`train.run_null_controls`; those
+named by --controls, e.g. --controls=null_control for miVAE's pairs alone), once per seed
+0..seeds-1 (seed k: its own permutation of the training pairs and its own
 initialisation; seed 0 is the control a plain run with that config makes), each in
 W/seed_<k>, evaluates each on the same held-out images, and writes W/null_spread.json
 (copied to --results) with every seed's chance check and, per control, task and N:
@@ -37,6 +38,8 @@ config_flags.DEFINE_config_file("config", str(REPO / "configs" / "vna_sim.py"),
 flags.DEFINE_integer("seeds", 8, "Null trainings: seeds 0..seeds-1.")
 flags.DEFINE_string("workdir", "workdir_null_spread", "Output folder.")
 flags.DEFINE_string("results", None, "Copy W/null_spread.json here.")
+flags.DEFINE_list("controls", None, "Train only these null controls (e.g. null_control); "
+                  "default: every control of the method.")
 FLAGS = flags.FLAGS
 
 
@@ -92,17 +95,22 @@ def main(argv):
     raise app.UsageError("--seeds must be at least 2 (a spread needs two draws)")
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
-  from jaxvna import files  # pylint: disable=g-import-not-at-top
+  from jaxvna import errors, files  # pylint: disable=g-import-not-at-top
   from jaxvna.training import provenance, train  # pylint: disable=g-import-not-at-top
   started = time.time()
   config = FLAGS.config
+  try:
+    train.null_controls(config, FLAGS.controls)
+  except errors.UserError as e:
+    raise app.UsageError(f"--controls: {e}") from None
   workdir = pathlib.Path(FLAGS.workdir)
   dataset = train.load_dataset(config)
   checks = {}
   for seed in range(FLAGS.seeds):
     seeded = config.copy_and_resolve_references()
     seeded.seed = seed
-    nulls = train.run_null_controls(seeded, dataset, workdir / f"seed_{seed}")
+    nulls = train.run_null_controls(seeded, dataset, workdir / f"seed_{seed}",
+                                    only=FLAGS.controls)
     for control, per_name in nulls.items():
       checks.setdefault(control, []).append(per_name[config.method]["chance_check"])
     print(f"seed {seed} done ({time.time() - started:.0f} s)", flush=True)

@@ -16,6 +16,13 @@ the same comparison on the Allen mouse V1 scenes.
 prints, without training, the table of several result files stacked (e.g. every session
 trained alone, Gabor-LiT included), how many sessions VNA and its family win, and the null
 controls outside chance's band.
+
+  python benchmarks/real_v4.py --ensembles results/v4_alone_*.json \
+      results/select_ensemble_*_v4_*.json
+
+prints, per session with three-seed ensembles of both VNA and direct encoding (`jaxvna
+select`, see the README), the two ensembles against each other, direct decoding,
+Gabor-LiT (and its ensemble where run) and Gabor-ridge, and the counts.
 """
 
 import pathlib
@@ -34,6 +41,8 @@ flags.DEFINE_string("results", None, "Copy W/results.json here (e.g. results/v4.
 flags.DEFINE_string("plot", None, "Copy W/demo.png here (e.g. docs/v4.png).")
 flags.DEFINE_bool("table", False, "Print the stacked table of the result files given as "
                   "arguments instead of training.")
+flags.DEFINE_bool("ensembles", False, "Print the ensembles' table of the sessions-alone and "
+                  "ensemble result files given as arguments instead of training.")
 FLAGS = flags.FLAGS
 
 
@@ -44,10 +53,31 @@ def print_stacked(paths: list[str]) -> None:
   print(demo.per_subject_report(runs, FLAGS.n_way, methods=demo.FAMILY_TABLE_METHODS))
 
 
+def merged_by_session(paths: list[str]) -> list[dict]:
+  """The results of one-session files merged per session (in session order); a method
+  found in several files is taken from the first."""
+  import json
+  sessions: dict[str, dict] = {}
+  for path in sorted(paths):
+    results = json.loads(pathlib.Path(path).read_text())["results"]
+    subjects = {s for r in results.values() for s in r.get("per_subject", {})}
+    if len(subjects) != 1:
+      raise app.UsageError(f"{path}: expected the results of one session, found "
+                           f"{sorted(subjects)}")
+    merged = sessions.setdefault(subjects.pop(), {})
+    for method, result in results.items():
+      merged.setdefault(method, result)
+  return [sessions[s] for s in sorted(sessions)]
+
+
 def main(argv):
-  if FLAGS.table:
+  if FLAGS.table or FLAGS.ensembles:
     if len(argv) < 2:
-      raise app.UsageError("--table needs result files, e.g. results/v4_alone_*.json")
+      raise app.UsageError("--table and --ensembles need result files, e.g. "
+                           "results/v4_alone_*.json")
+    if FLAGS.ensembles:
+      from jaxvna.commands import demo
+      return print(demo.ensemble_report(merged_by_session(argv[1:]), FLAGS.n_way))
     return print_stacked(argv[1:])
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")

@@ -184,6 +184,47 @@ def per_subject_report(runs: dict | list[dict], n_way: str = "10", *,
           + per_subject_summary(runs, n_way, methods=methods))
 
 
+# Ensembles against ensembles; direct decoding, far below, is compared as one model.
+ENSEMBLE_TABLE_METHODS = ("vna_ensemble", "direct_encoding_ensemble", "direct_decoding",
+                          "gabor_lit", "gabor_lit_ensemble", "gabor_ridge")
+
+
+def ensemble_report(runs: list[dict], n_way: str = "10") -> str:
+  """Markdown, one row per subject and task of the runs that hold both "vna_ensemble" and
+  "direct_encoding_ensemble" (each run one session's results merged from its ensemble and
+  sessions-alone files): N-way top-1 [95% CI] of `ENSEMBLE_TABLE_METHODS` ("-" where a
+  run lacks one), whether VNA's ensemble CI lies above direct encoding's ensemble's and
+  direct decoding's, and the VNA family's best (VNA's ensemble, Gabor-LiT or its
+  ensemble) minus Gabor-ridge. After a blank line, per task, the counts of both."""
+  runs = [r for r in runs if "vna_ensemble" in r and "direct_encoding_ensemble" in r]
+  methods = ENSEMBLE_TABLE_METHODS
+  cell = lambda r: (f"{r['top1']:.3f} [{r['top1_ci95'][0]:.2f}, {r['top1_ci95'][1]:.2f}]"
+                    if r else "-")
+  rows = ["| session | task | " + " | ".join(methods) + " | VNA's ensemble beats both direct"
+          " (CIs apart) | best of VNA family - gabor_ridge |",
+          "|---|---|" + "---|" * (len(methods) + 2)]
+  wins, gaps = {"decoding": [], "encoding": []}, {"decoding": [], "encoding": []}
+  for results in runs:
+    for subject in results["vna_ensemble"]["per_subject"]:
+      for task in wins:
+        cells = {m: results[m]["per_subject"][subject][task][n_way] if m in results else None
+                 for m in methods}
+        beats = all(cells["vna_ensemble"]["top1_ci95"][0] > cells[m]["top1_ci95"][1]
+                    for m in ("direct_encoding_ensemble", "direct_decoding"))
+        family = [cells[m]["top1"] for m in ("vna_ensemble", "gabor_lit", "gabor_lit_ensemble")
+                  if cells[m]]
+        gap = max(family) - cells["gabor_ridge"]["top1"]
+        wins[task].append(beats)
+        gaps[task].append(gap)
+        rows.append(f"| {subject} | {task} | " + " | ".join(cell(cells[m]) for m in methods)
+                    + f" | {'yes' if beats else 'no'} | {gap:+.3f} |")
+  counts = [f"{task}: VNA's ensemble beats both direct (CIs apart) in {sum(wins[task])} of "
+            f"{len(wins[task])}; VNA family >= gabor_ridge in "
+            f"{sum(g >= 0 for g in gaps[task])} of {len(gaps[task])} (gap "
+            f"{min(gaps[task]):+.3f} to {max(gaps[task]):+.3f})" for task in wins]
+  return "\n".join(rows) + "\n\n" + "\n".join(counts)
+
+
 def plot_results(results: dict, path, *, title: str = "") -> None:
   """PNG: top-1 accuracy vs N for every method, one panel per task, chance dashed."""
   import matplotlib

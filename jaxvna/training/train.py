@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -648,18 +649,26 @@ PAIRS_SHUFFLED = registry.NullControl(
     data=lambda config, dataset: dataset_lib.shuffle_training_pairs(dataset, config.seed))
 
 
-def null_controls(config) -> tuple[registry.NullControl, ...]:
+def null_controls(config, only: Sequence[str] | None = None
+                  ) -> tuple[registry.NullControl, ...]:
   """The controls of `config.method`: pairs shuffled within subject
   (`data.dataset.shuffle_training_pairs`, in workdir/null_control), then the method's own
-  (`registry.Method.null_controls`)."""
-  return (PAIRS_SHUFFLED, *registry.get(config.method).null_controls)
+  (`registry.Method.null_controls`); with `only`, those it names (a name the method lacks
+  is a `UserError`)."""
+  controls = (PAIRS_SHUFFLED, *registry.get(config.method).null_controls)
+  unknown = set(only or ()) - {c.name for c in controls}
+  if unknown:
+    raise errors.UserError(f"method {config.method!r} has no null control "
+                           f"{', '.join(sorted(unknown))}; it has "
+                           f"{', '.join(c.name for c in controls)}")
+  return tuple(c for c in controls if only is None or c.name in only)
 
 
 def run_null_controls(config, dataset: Dataset, workdir, *, force: bool = False,
-                      train_it: bool = True) -> dict:
-  """Every control of `null_controls(config)`, each trained (or, `train_it=False`,
-  restored where workdir/<name> holds a checkpoint) and evaluated like the run itself on
-  the same untouched held-out images.
+                      train_it: bool = True, only: Sequence[str] | None = None) -> dict:
+  """Every control of `null_controls(config, only)`, each trained (or,
+  `train_it=False`, restored where workdir/<name> holds a checkpoint) and evaluated like
+  the run itself on the same untouched held-out images.
 
   Returns {control name: {result name: results}}, each result with "chance_check"
   (`discriminative.chance_check` over the control's `at_chance` subjects) where it has
@@ -667,7 +676,7 @@ def run_null_controls(config, dataset: Dataset, workdir, *, force: bool = False,
   than what the control keeps carries signal.
   """
   out = {}
-  for control in null_controls(config):
+  for control in null_controls(config, only):
     control_dir = pathlib.Path(workdir) / control.name
     if not train_it and not (control_dir / "checkpoints").is_dir():
       continue

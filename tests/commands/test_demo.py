@@ -107,3 +107,23 @@ def test_stacked_table_and_counts_over_sessions_alone():
       "null controls outside chance's 99% band: 1 of 2 cells (b vna decoding N=10)"]
   # Without Gabor-LiT, no family column and no family count.
   assert "family" not in demo.per_subject_summary(runs)
+
+
+def test_ensemble_report_compares_ensemble_with_ensemble():
+  single = {"vna": (0.5, 0.05), "direct_encoding": (0.45, 0.05), "direct_decoding": (0.2, 0.05),
+            "gabor_lit": (0.55, 0.05), "gabor_ridge": (0.6, 0.05)}
+  runs = [_run("a", dict(single, vna_ensemble=(0.62, 0.05),
+                         direct_encoding_ensemble=(0.50, 0.05))),
+          # VNA's ensemble clears direct encoding's single model but not its ensemble;
+          # Gabor-LiT's ensemble is the family's best.
+          _run("b", dict(single, vna_ensemble=(0.58, 0.05), direct_encoding_ensemble=(0.50, 0.05),
+                         gabor_lit_ensemble=(0.57, 0.05))),
+          _run("c", single)]  # no ensembles: left out
+  lines = demo.ensemble_report(runs).splitlines()
+  assert len(lines) == 2 + 4 + 1 + 2 and lines[0].count("|") == 11
+  assert lines[2] == ("| a | decoding | 0.620 [0.57, 0.67] | 0.500 [0.45, 0.55] | 0.200 [0.15,"
+                      " 0.25] | 0.550 [0.50, 0.60] | - | 0.600 [0.55, 0.65] | yes | +0.020 |")
+  assert lines[4].startswith("| b | decoding") and lines[4].endswith("| no | -0.020 |")
+  assert lines[-2:] == [
+      f"{task}: VNA's ensemble beats both direct (CIs apart) in 1 of 2; VNA family >= "
+      "gabor_ridge in 1 of 2 (gap -0.020 to +0.020)" for task in ("decoding", "encoding")]

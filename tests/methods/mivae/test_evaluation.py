@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxvna import errors
 from jaxvna.configs import mivae_sim
 from jaxvna.data import DataError, readers
 from jaxvna.methods.mivae import neuron_features
@@ -80,6 +81,18 @@ def test_train_reports_mivae_results(tmp_path, dataset):
   assert again["mcc"] == pytest.approx(r["mcc"], abs=1e-6)
   assert again["zero_shot_ratio"] == pytest.approx(r["zero_shot_ratio"], abs=1e-6)
   assert again["null_neurons"]["zero_shot"] == r["null_neurons"]["zero_shot"]
+
+
+def test_null_controls_can_be_chosen_by_name(tmp_path, dataset):
+  """`run_null_controls(only=...)` trains the named controls alone (what
+  `benchmarks/null_spread.py --controls` uses); an unknown name is one clear error that
+  lists the method's controls, before anything is written."""
+  with pytest.raises(errors.UserError, match="null_shuffled.*null_control, null_neurons"):
+    train.run_null_controls(tiny_config(steps=5), dataset, tmp_path, only=["null_shuffled"])
+  assert not any(tmp_path.iterdir())
+  out = train.run_null_controls(tiny_config(steps=5), dataset, tmp_path, only=["null_neurons"])
+  assert list(out) == ["null_neurons"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["null_neurons"]
 
 
 def test_neuron_null_control_shuffles_the_same_way_in_training_and_evaluation(dataset):
