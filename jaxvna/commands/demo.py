@@ -110,6 +110,13 @@ FAMILY_TABLE_METHODS = ("vna", "direct_encoding", "direct_decoding", "gabor_lit"
                         "gabor_ridge")
 
 
+def _cell(result: dict | None) -> str:
+  """A table cell: top-1 [95% CI], or "-" for a method a run lacks."""
+  if not result:
+    return "-"
+  return f"{result['top1']:.3f} [{result['top1_ci95'][0]:.2f}, {result['top1_ci95'][1]:.2f}]"
+
+
 def _subject_rows(runs: list[dict], n_way: str, methods: tuple[str, ...]):
   """(subject, task, {method: N-way result}, VNA beats both direct, family gap or None)
   for every subject of every run; the gap is the VNA family's best (VNA or Gabor-LiT)
@@ -137,12 +144,11 @@ def per_subject_table(runs: dict | list[dict], n_way: str = "10", *,
   runs = [runs] if isinstance(runs, dict) else list(runs)
   methods = tuple(m for m in methods if m in runs[0])
   family = "gabor_lit" in methods and "gabor_ridge" in methods
-  cell = lambda r: f"{r['top1']:.3f} [{r['top1_ci95'][0]:.2f}, {r['top1_ci95'][1]:.2f}]"
   rows = ["| session | task | " + " | ".join(methods) + " | VNA beats both direct "
           "(CIs apart) |" + (" best of VNA family - gabor_ridge |" if family else ""),
           "|---|---|" + "---|" * (len(methods) + 1 + family)]
   for subject, task, cells, beats, gap in _subject_rows(runs, n_way, methods):
-    rows.append(f"| {subject} | {task} | " + " | ".join(cell(cells[m]) for m in methods)
+    rows.append(f"| {subject} | {task} | " + " | ".join(_cell(cells[m]) for m in methods)
                 + f" | {'yes' if beats else 'no'} |" + (f" {gap:+.3f} |" if family else ""))
   return "\n".join(rows)
 
@@ -198,8 +204,6 @@ def ensemble_report(runs: list[dict], n_way: str = "10") -> str:
   ensemble) minus Gabor-ridge. After a blank line, per task, the counts of both."""
   runs = [r for r in runs if "vna_ensemble" in r and "direct_encoding_ensemble" in r]
   methods = ENSEMBLE_TABLE_METHODS
-  cell = lambda r: (f"{r['top1']:.3f} [{r['top1_ci95'][0]:.2f}, {r['top1_ci95'][1]:.2f}]"
-                    if r else "-")
   rows = ["| session | task | " + " | ".join(methods) + " | VNA's ensemble beats both direct"
           " (CIs apart) | best of VNA family - gabor_ridge |",
           "|---|---|" + "---|" * (len(methods) + 2)]
@@ -216,7 +220,7 @@ def ensemble_report(runs: list[dict], n_way: str = "10") -> str:
         gap = max(family) - cells["gabor_ridge"]["top1"]
         wins[task].append(beats)
         gaps[task].append(gap)
-        rows.append(f"| {subject} | {task} | " + " | ".join(cell(cells[m]) for m in methods)
+        rows.append(f"| {subject} | {task} | " + " | ".join(_cell(cells[m]) for m in methods)
                     + f" | {'yes' if beats else 'no'} | {gap:+.3f} |")
   counts = [f"{task}: VNA's ensemble beats both direct (CIs apart) in {sum(wins[task])} of "
             f"{len(wins[task])}; VNA family >= gabor_ridge in "
