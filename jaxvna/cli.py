@@ -26,6 +26,9 @@ Commands:
   bench  time the configured training step against the CPU's matmul peak.
   dryrun  compile the training step for --devices fake CPU devices without running it;
           print per-device memory and FLOPs per step (default config vna_pod.py).
+  compare A B  two runs' results.json (or workdirs) on the same held-out images: A's
+               method minus B's in N-way top-1 per subject and task, with a paired
+               bootstrap interval over the images (--methods=a[,b], --n_way, --out).
   reproduce <name>  re-run the command that wrote results/<name>.json (or a result file's
           path) and print how its numbers moved (--dry_run: print the command).
 """
@@ -275,6 +278,8 @@ def run(argv=None):
   command = argv[1]
   if command == "reproduce":
     return _reproduce(argv[2:])
+  if command == "compare":
+    return _compare(argv[2:])
   if command not in COMMANDS:
     print(f"jaxvna: unknown command {command!r}; expected one of {tuple(COMMANDS)}\n",
           file=sys.stderr)
@@ -304,6 +309,32 @@ def _reproduce(args: list[str]) -> int:
       return 2
     return 0
   app.run(main, argv=["jaxvna reproduce", *args])
+
+
+def _compare(args: list[str]) -> int:
+  """`jaxvna compare A B --methods=a[,b] [--n_way=10] [--out=F]`: no config; two result
+  files."""
+  from absl import app, flags
+  flags.DEFINE_string("methods", None, "The results entry of A and of B, comma-separated "
+                      "(e.g. vna,direct_encoding); one name: the same in both.")
+  flags.DEFINE_string("n_way", "10", "N of the N-way top-1 compared (an integer or 'all').")
+  flags.DEFINE_string("out", None, "Also write the comparison to this JSON file.")
+
+  def main(argv):
+    from jaxvna.commands import compare
+    from jaxvna.errors import UserError
+    if len(argv) != 3 or not flags.FLAGS.methods:
+      print("jaxvna compare: expected two result files (or workdirs) and --methods, e.g. "
+            "jaxvna compare W1 W2 --methods=vna,direct_encoding", file=sys.stderr)
+      return 2
+    try:
+      compare.run(argv[1], argv[2], flags.FLAGS.methods, n_way=flags.FLAGS.n_way,
+                  out=flags.FLAGS.out)
+    except UserError as error:
+      print(f"jaxvna compare: error: {error}", file=sys.stderr)
+      return 2
+    return 0
+  app.run(main, argv=["jaxvna compare", *args])
 
 
 def _main_reporting_user_errors(command: str, flags_values) -> int:

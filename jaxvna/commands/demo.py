@@ -117,6 +117,11 @@ def _cell(result: dict | None) -> str:
   return f"{result['top1']:.3f} [{result['top1_ci95'][0]:.2f}, {result['top1_ci95'][1]:.2f}]"
 
 
+def _ci_above(cell: dict, others) -> bool:
+  """Whether `cell`'s 95% CI lies wholly above the CI of every result in `others`."""
+  return all(cell["top1_ci95"][0] > other["top1_ci95"][1] for other in others)
+
+
 def _subject_rows(runs: list[dict], n_way: str, methods: tuple[str, ...]):
   """(subject, task, {method: N-way result}, VNA beats both direct, family gap or None)
   for every subject of every run; the gap is the VNA family's best (VNA or Gabor-LiT)
@@ -127,8 +132,7 @@ def _subject_rows(runs: list[dict], n_way: str, methods: tuple[str, ...]):
     for subject in results["vna"]["per_subject"]:
       for task in ("decoding", "encoding"):
         cells = {m: results[m]["per_subject"][subject][task][n_way] for m in present}
-        beats = all(cells["vna"]["top1_ci95"][0] > cells[m]["top1_ci95"][1]
-                    for m in ("direct_encoding", "direct_decoding"))
+        beats = _ci_above(cells["vna"], (cells["direct_encoding"], cells["direct_decoding"]))
         gap = (max(cells["vna"]["top1"], cells["gabor_lit"]["top1"])
                - cells["gabor_ridge"]["top1"]) if family else None
         yield subject, task, cells, beats, gap
@@ -200,32 +204,44 @@ def ensemble_report(runs: list[dict], n_way: str = "10") -> str:
   "direct_encoding_ensemble" (each run one session's results merged from its ensemble and
   sessions-alone files): N-way top-1 [95% CI] of `ENSEMBLE_TABLE_METHODS` ("-" where a
   run lacks one), whether VNA's ensemble CI lies above direct encoding's ensemble's and
-  direct decoding's, and the VNA family's best (VNA's ensemble, Gabor-LiT or its
-  ensemble) minus Gabor-ridge. After a blank line, per task, the counts of both."""
+  direct decoding's, VNA's ensemble minus direct encoding's ensemble paired on the same
+  images (`discriminative.paired_comparison`: exact expected top-1, 95% bootstrap
+  interval over the held-out images; "-" for files without query ranks), and the VNA
+  family's best (VNA's ensemble, Gabor-LiT or its ensemble) minus Gabor-ridge. After a
+  blank line, per task, the counts of the three."""
   runs = [r for r in runs if "vna_ensemble" in r and "direct_encoding_ensemble" in r]
   methods = ENSEMBLE_TABLE_METHODS
   rows = ["| session | task | " + " | ".join(methods) + " | VNA's ensemble beats both direct"
-          " (CIs apart) | best of VNA family - gabor_ridge |",
-          "|---|---|" + "---|" * (len(methods) + 2)]
-  wins, gaps = {"decoding": [], "encoding": []}, {"decoding": [], "encoding": []}
+          " (CIs apart) | vna_ensemble - direct_encoding_ensemble, paired [95% CI] |"
+          " best of VNA family - gabor_ridge |",
+          "|---|---|" + "---|" * (len(methods) + 3)]
+  tasks = ("decoding", "encoding")
+  wins, paired, gaps = ({t: [] for t in tasks} for _ in range(3))
   for results in runs:
     for subject in results["vna_ensemble"]["per_subject"]:
-      for task in wins:
+      for task in tasks:
         cells = {m: results[m]["per_subject"][subject][task][n_way] if m in results else None
                  for m in methods}
-        beats = all(cells["vna_ensemble"]["top1_ci95"][0] > cells[m]["top1_ci95"][1]
-                    for m in ("direct_encoding_ensemble", "direct_decoding"))
+        beats = _ci_above(cells["vna_ensemble"], (cells["direct_encoding_ensemble"],
+                                                  cells["direct_decoding"]))
+        pair = [results[m] for m in ("vna_ensemble", "direct_encoding_ensemble")]
+        diff = (discriminative.paired_comparison(*pair, task, n_way, subjects=[subject])
+                if all("query_ranks" in r["per_subject"][subject] for r in pair) else None)
         family = [cells[m]["top1"] for m in ("vna_ensemble", "gabor_lit", "gabor_lit_ensemble")
                   if cells[m]]
         gap = max(family) - cells["gabor_ridge"]["top1"]
         wins[task].append(beats)
+        paired[task].append(diff is not None and diff["ci95"][0] > 0)
         gaps[task].append(gap)
+        paired_cell = "-" if diff is None else (f"{diff['difference']:+.3f} "
+                                                f"[{diff['ci95'][0]:+.2f}, {diff['ci95'][1]:+.2f}]")
         rows.append(f"| {subject} | {task} | " + " | ".join(_cell(cells[m]) for m in methods)
-                    + f" | {'yes' if beats else 'no'} | {gap:+.3f} |")
+                    + f" | {'yes' if beats else 'no'} | {paired_cell} | {gap:+.3f} |")
   counts = [f"{task}: VNA's ensemble beats both direct (CIs apart) in {sum(wins[task])} of "
-            f"{len(wins[task])}; VNA family >= gabor_ridge in "
+            f"{len(wins[task])}; above direct encoding's ensemble, paired interval above 0, "
+            f"in {sum(paired[task])} of {len(paired[task])}; VNA family >= gabor_ridge in "
             f"{sum(g >= 0 for g in gaps[task])} of {len(gaps[task])} (gap "
-            f"{min(gaps[task]):+.3f} to {max(gaps[task]):+.3f})" for task in wins]
+            f"{min(gaps[task]):+.3f} to {max(gaps[task]):+.3f})" for task in tasks]
   return "\n".join(rows) + "\n\n" + "\n".join(counts)
 
 

@@ -189,18 +189,14 @@ def fit_power_law(n, error) -> dict:
 def bootstrap_errors(runs: list[dict], replicates: int, seed: int) -> np.ndarray:
   """(replicates, len(runs)) errors, the held-out images of each subject resampled with
   replacement (one draw per replicate shared by both tasks and every run)."""
-  rng = np.random.default_rng(seed)
-  subjects = list(runs[0]["per_query"])
-  accuracy = np.zeros((replicates, len(runs)))
-  for subject in subjects:
-    # (runs, Q): each query's success averaged over the two tasks.
-    success = np.array([np.mean([run["per_query"][subject][t] for t in TASKS], axis=0)
-                        for run in runs])
-    num_queries = success.shape[1]
-    draws = rng.integers(num_queries, size=(replicates, num_queries))
-    counts = np.stack([np.bincount(d, minlength=num_queries) for d in draws])
-    accuracy += counts @ success.T / num_queries
-  return 1.0 - accuracy / len(subjects)
+  from jaxvna.evaluation import identification
+  # {subject: (runs, Q)}: each query's success averaged over the two tasks.
+  success = {subject: np.array([np.mean([run["per_query"][subject][t] for t in TASKS], axis=0)
+                                for run in runs])
+             for subject in runs[0]["per_query"]}
+  accuracy = identification.bootstrap_query_means(success, replicates,
+                                                  np.random.default_rng(seed))
+  return 1.0 - accuracy
 
 
 def fit_with_bootstrap(n, error, boot_errors, *, curve_points: int = 50) -> dict:

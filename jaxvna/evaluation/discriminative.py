@@ -159,31 +159,36 @@ def infonce_bound(mean_repr: np.ndarray, image_repr: np.ndarray, temperature: fl
 
 def score_representations(reprs: dict, eval_config) -> dict:
   """Identification reports for both tasks, on averaged and on single-trial responses
-  (and the neural predictivity of encoding models, when `reprs` carries it)."""
-  kw = dict(metric=reprs["metric"], n_ways=tuple(eval_config.n_ways), draws=eval_config.draws,
-            seed=eval_config.seed)
-  single = dict(trial_images=reprs["trial_images"])
-  extra = {"predictivity": reprs["predictivity"]} if "predictivity" in reprs else {}
-  return extra | {
+  (and the neural predictivity of encoding models, when `reprs` carries it), and
+  "query_ranks": {task: `identification.query_ranks`} of the averaged queries (query q of
+  both tasks is held-out image q), from which `paired_comparison` compares two models."""
+  kw = dict(n_ways=tuple(eval_config.n_ways), draws=eval_config.draws, seed=eval_config.seed)
+  out = {"predictivity": reprs["predictivity"]} if "predictivity" in reprs else {}
+  ranks = {}
+  for task in ("decoding", "encoding"):
+    similarity, targets, _ = identification.discriminative_similarity(
+        reprs["mean_repr"], reprs["image_repr"], task=task, metric=reprs["metric"])
+    out[task] = identification.identification_report(similarity, targets=targets, **kw)
+    ranks[task] = {k: v.tolist() if isinstance(v, np.ndarray) else v
+                   for k, v in identification.query_ranks(similarity, targets).items()}
+  out["single_trial"] = {
       task: identification.discriminative_scores(
-          reprs["mean_repr"], reprs["image_repr"], task=task, **kw)
-      for task in ("decoding", "encoding")
-  } | {"single_trial": {
-      task: identification.discriminative_scores(
-          reprs["trial_repr"], reprs["image_repr"], task=task, **single, **kw)
-      for task in ("decoding", "encoding")}}
+          reprs["trial_repr"], reprs["image_repr"], task=task, metric=reprs["metric"],
+          trial_images=reprs["trial_images"], **kw)
+      for task in ("decoding", "encoding")}
+  return out | {"query_ranks": ranks}
 
 
 def combine_subjects(per_subject: dict) -> dict:
   """Mean over subjects of every number in the identification reports (same structure).
 
   Top-k and CI bounds are averaged as they are: the combined CI is the mean of the
-  subjects' CIs, a summary rather than a CI of the mean.
+  subjects' CIs, a summary rather than a CI of the mean. "query_ranks" stays per subject.
   """
   values = list(per_subject.values())
   if isinstance(values[0], dict):
     return {k: combine_subjects({s: v[k] for s, v in per_subject.items()})
-            for k in values[0] if all(k in v for v in values)}
+            for k in values[0] if k != "query_ranks" and all(k in v for v in values)}
   if isinstance(values[0], str):
     return values[0] if len(set(values)) == 1 else "mixed"
   numbers = [v for v in values if v is not None]  # e.g. FEVE of a subject without repeats
@@ -233,6 +238,42 @@ def evaluate_gabor_ridge(config, dataset: Dataset) -> dict:
                  predictivity=predictivity.predictivity_report(rates, held_out.responses))
     per_subject[rec.name] = score_representations(reprs, config.eval)
   return dict(combine_subjects(per_subject), per_subject=per_subject)
+
+
+def paired_comparison(results_a: dict, results_b: dict, task: str, n_way, *,
+                      subjects=None, replicates: int = 2000, seed: int = 0) -> dict:
+  """Model a minus model b in N-way top-1 on the same held-out images, paired.
+
+  Args:
+    results_a, results_b: two `evaluate_model` outputs on the same held-out images (their
+      "per_subject" reports carry "query_ranks").
+    task: "decoding" or "encoding" (trial-averaged queries).
+    n_way: N, an int >= 2 or "all" (as a string or not).
+    subjects: names to compare (None: every subject of `results_a`).
+    replicates, seed: the paired bootstrap over held-out images
+      (`identification.paired_difference`).
+
+  Returns {"difference", "ci95", "replicates"}: the difference of the exact expected
+  N-way top-1 (no draw noise; mean over subjects) and its 95% interval over the sampling
+  of the held-out images, both models scored on each replicate's images. An interval
+  above 0 says a beats b on images like these.
+  """
+  n = n_way if n_way == "all" else int(n_way)
+  names = list(results_a["per_subject"]) if subjects is None else list(subjects)
+
+  def successes(results):
+    out = {}
+    for name in names:
+      ranks = results["per_subject"].get(name, {}).get("query_ranks")
+      if ranks is None:
+        raise ValueError(f"per_subject.{name}.query_ranks: missing (results written "
+                         "before jaxvna kept each query's rank cannot be paired)")
+      r = ranks[task]
+      out[name] = identification.expected_success(r["greater"], r["ties"],
+                                                  r["num_candidates"], n)
+    return out
+  return identification.paired_difference(successes(results_a), successes(results_b),
+                                          replicates=replicates, seed=seed)
 
 
 # z of chance's band: 99%, as the check is made at several N at once.

@@ -373,41 +373,106 @@ def _index_array(values, name, size):
   return values.astype(np.int64)
 
 
-def expected_top1(similarity, targets, n_way, chunk_rows: int = 1024) -> np.ndarray:
-  """Each query's N-way top-1 success, in expectation over the candidate draws.
-
-  The draw and tie rule of `identification.nway_accuracy` (every candidate but the true
-  one may be a distractor; N-1 of the C-1 are drawn without replacement; the true
-  candidate is placed uniformly among its ties): with g candidates scoring above the
-  true one and t tying with it, success needs none of the g drawn and is 1/(T+1) for T
-  ties drawn, so the expectation is sum_j C(t, j) C(C-1-g-t, n-j) / C(C-1, n) / (j+1)
-  with n = min(N-1, C-1). The mean over queries is `nway_accuracy`'s top-1 in the limit
-  of infinitely many draws.
+def query_ranks(similarity, targets=None) -> dict:
+  """Where each query's true candidate ranks: what `expected_success` needs, at any N.
 
   Args:
-    similarity: (Q, C) scores, higher = more alike.
-    targets: (Q,) index of each query's true candidate.
+    similarity: (Q, C) finite scores, higher = more alike.
+    targets: optional (Q,) index of each query's true candidate; default arange(Q).
+
+  Returns:
+    {"greater": (Q,) int64 candidates scoring above the true one, "ties": (Q,) int64
+     candidates tying with it (itself excluded), "num_candidates": C}. Every candidate
+    but the true one may be a distractor, as in `nway_accuracy` without groups.
+  """
+  competitors = _competitors(similarity, targets, None)
+  return {"greater": competitors.greater, "ties": competitors.ties,
+          "num_candidates": competitors.num_candidates}
+
+
+def expected_success(greater, ties, num_candidates: int, n_way) -> np.ndarray:
+  """Each query's N-way top-1 success, in expectation over the candidate draws.
+
+  The draw and tie rule of `nway_accuracy` (N-1 of the C-1 other candidates drawn without
+  replacement; the true candidate placed uniformly among its ties): with g candidates
+  scoring above the true one and t tying with it, success needs none of the g drawn and
+  is 1/(T+1) for T ties drawn, so the expectation is
+  sum_j C(t, j) C(C-1-g-t, n-j) / C(C-1, n) / (j+1) with n = min(N-1, C-1). The mean over
+  queries is `nway_accuracy`'s top-1 in the limit of infinitely many draws.
+
+  Args:
+    greater, ties: (Q,) counts of `query_ranks`.
+    num_candidates: C.
     n_way: N, an int >= 2, or "all".
 
   Returns:
     (Q,) float64 expected top-1 success of each query, in [0, 1].
   """
-  similarity = np.asarray(similarity)
-  targets = np.asarray(targets)
-  num_queries, num_candidates = similarity.shape
-  greater = np.empty(num_queries, np.int64)
-  ties = np.empty(num_queries, np.int64)
-  for start in range(0, num_queries, chunk_rows):
-    rows = np.arange(start, min(start + chunk_rows, num_queries))
-    block = similarity[rows]
-    true = block[np.arange(len(rows)), targets[rows]][:, None]
-    greater[rows] = np.count_nonzero(block > true, axis=1)
-    ties[rows] = np.count_nonzero(block == true, axis=1) - 1  # less the true one itself
-  pool = num_candidates - 1
+  greater, ties = np.asarray(greater, np.int64), np.asarray(ties, np.int64)
+  pool = int(num_candidates) - 1
   drawn = pool if n_way == "all" else min(int(n_way) - 1, pool)
   others = pool - greater - ties
-  success = np.zeros(num_queries)
-  for j in range(int(ties.max()) + 1):
+  success = np.zeros(len(greater))
+  for j in range(int(ties.max(initial=0)) + 1):
     log_p = log_comb(ties, j) + log_comb(others, drawn - j) - log_comb(pool, drawn)
     success += np.exp(log_p) / (j + 1)
   return success
+
+
+def expected_top1(similarity, targets, n_way) -> np.ndarray:
+  """(Q,) each query's expected N-way top-1 success (`expected_success` of
+  `query_ranks(similarity, targets)`)."""
+  ranks = query_ranks(similarity, targets)
+  return expected_success(ranks["greater"], ranks["ties"], ranks["num_candidates"], n_way)
+
+
+def bootstrap_query_means(values: dict, replicates: int, rng) -> np.ndarray:
+  """Means over queries with the queries resampled, averaged over subjects.
+
+  Each replicate draws, for every subject in turn (dict order), its Q queries with
+  replacement (`rng.integers(Q, size=(replicates, Q))`, one draw shared by all leading
+  rows of that subject's values) and takes the mean over the drawn queries.
+
+  Args:
+    values: {subject: (..., Q) per-query values}; the leading shape is the same for all.
+    replicates: number of bootstrap replicates.
+    rng: a `np.random.Generator`, advanced by the draws.
+
+  Returns:
+    (replicates, ...) the replicate means, averaged over subjects.
+  """
+  total = 0.0
+  for v in values.values():
+    v = np.asarray(v, np.float64)
+    q = v.shape[-1]
+    draws = rng.integers(q, size=(replicates, q))
+    counts = np.stack([np.bincount(d, minlength=q) for d in draws])  # (replicates, Q)
+    total = total + np.moveaxis(v @ counts.T, -1, 0) / q
+  return total / len(values)
+
+
+def paired_difference(a: dict, b: dict, *, replicates: int = 2000, seed: int = 0) -> dict:
+  """Difference of two models' accuracy on the same queries, with a paired bootstrap.
+
+  Args:
+    a, b: {subject: (Q,) per-query success} of the two models on the same held-out
+      queries (e.g. `expected_success`); the same subjects and query counts in both.
+    replicates, seed: the bootstrap over queries (`bootstrap_query_means`), one draw of
+      queries shared by both models: the interval covers the sampling of the held-out
+      images, and only the models' disagreements on the same queries widen it.
+
+  Returns:
+    {"difference": mean over subjects of mean(a) - mean(b), "ci95": [2.5, 97.5]
+     percentiles of the replicates, "replicates": replicates}.
+  """
+  if a.keys() != b.keys():
+    raise ValueError(f"paired_difference: subjects differ: {sorted(a)} vs {sorted(b)}")
+  for name in a:
+    if np.shape(a[name]) != np.shape(b[name]):
+      raise ValueError(f"paired_difference: subject {name!r} has {np.shape(a[name])} "
+                       f"queries in one model and {np.shape(b[name])} in the other")
+  diff = {name: np.asarray(a[name], np.float64) - np.asarray(b[name], np.float64)
+          for name in a}
+  boot = bootstrap_query_means(diff, replicates, np.random.default_rng(seed))
+  return {"difference": float(np.mean([d.mean() for d in diff.values()])),
+          "ci95": np.percentile(boot, [2.5, 97.5]).tolist(), "replicates": int(replicates)}

@@ -75,13 +75,20 @@ def test_eval_re_evaluates_the_null_control_from_its_checkpoint(demo_run):
   assert after["decoding"] == before["decoding"]
 
 
-def _run(subject: str, top1: dict[str, tuple[float, float]]) -> dict:
+def _run(subject: str, top1: dict[str, tuple[float, float]],
+         greater: dict[str, list[int]] | None = None) -> dict:
   """A results dict of one subject: each method's 10-way top-1 and CI half-width, the same
-  for both tasks."""
+  for both tasks, and for the methods in `greater` the query ranks of both tasks (each
+  query's count of candidates above the true one, out of 10: at N = 10 a query succeeds
+  exactly when that count is 0)."""
   cell = lambda acc, half: {"top1": acc, "top1_ci95": [acc - half, acc + half]}
-  return {m: {"per_subject": {subject: {t: {"10": cell(*v)} for t in ("decoding",
+  runs = {m: {"per_subject": {subject: {t: {"10": cell(*v)} for t in ("decoding",
                                                                        "encoding")}}}
           for m, v in top1.items()}
+  for m, counts in (greater or {}).items():
+    ranks = {"greater": counts, "ties": [0] * len(counts), "num_candidates": 10}
+    runs[m]["per_subject"][subject]["query_ranks"] = {"decoding": ranks, "encoding": ranks}
+  return runs
 
 
 def test_stacked_table_and_counts_over_sessions_alone():
@@ -112,18 +119,35 @@ def test_stacked_table_and_counts_over_sessions_alone():
 def test_ensemble_report_compares_ensemble_with_ensemble():
   single = {"vna": (0.5, 0.05), "direct_encoding": (0.45, 0.05), "direct_decoding": (0.2, 0.05),
             "gabor_lit": (0.55, 0.05), "gabor_ridge": (0.6, 0.05)}
+  # Paired on the same ten images: in "a" VNA's ensemble finds all ten, direct encoding's
+  # five (difference +0.5); in "b" both find the same six (difference exactly 0).
   runs = [_run("a", dict(single, vna_ensemble=(0.62, 0.05),
-                         direct_encoding_ensemble=(0.50, 0.05))),
+                         direct_encoding_ensemble=(0.50, 0.05)),
+               {"vna_ensemble": [0] * 10, "direct_encoding_ensemble": [0] * 5 + [3] * 5}),
           # VNA's ensemble clears direct encoding's single model but not its ensemble;
           # Gabor-LiT's ensemble is the family's best.
           _run("b", dict(single, vna_ensemble=(0.58, 0.05), direct_encoding_ensemble=(0.50, 0.05),
-                         gabor_lit_ensemble=(0.57, 0.05))),
-          _run("c", single)]  # no ensembles: left out
+                         gabor_lit_ensemble=(0.57, 0.05)),
+               {"vna_ensemble": [0] * 6 + [1] * 4, "direct_encoding_ensemble": [0] * 6 + [1] * 4}),
+          _run("c", single),  # no ensembles: left out
+          # Files without query ranks: the paired cell is "-" and counts as not above.
+          _run("d", dict(single, vna_ensemble=(0.62, 0.05),
+                         direct_encoding_ensemble=(0.50, 0.05)))]
   lines = demo.ensemble_report(runs).splitlines()
-  assert len(lines) == 2 + 4 + 1 + 2 and lines[0].count("|") == 11
-  assert lines[2] == ("| a | decoding | 0.620 [0.57, 0.67] | 0.500 [0.45, 0.55] | 0.200 [0.15,"
-                      " 0.25] | 0.550 [0.50, 0.60] | - | 0.600 [0.55, 0.65] | yes | +0.020 |")
-  assert lines[4].startswith("| b | decoding") and lines[4].endswith("| no | -0.020 |")
+  assert len(lines) == 2 + 6 + 1 + 2 and lines[0].count("|") == 12
+  assert lines[6].startswith("| d | decoding") and lines[6].endswith("| yes | - | +0.020 |")
+  assert lines[2].startswith("| a | decoding | 0.620 [0.57, 0.67] | 0.500 [0.45, 0.55] | 0.200 "
+                             "[0.15, 0.25] | 0.550 [0.50, 0.60] | - | 0.600 [0.55, 0.65] | yes "
+                             "| +0.500 [+0.")
+  assert lines[2].endswith("] | +0.020 |")
+  lo, hi = (float(x) for x in lines[2].split("+0.500 [")[1].split("]")[0].split(", "))
+  assert 0.1 < lo < 0.5 < hi <= 0.9  # 10 queries, half of them won: a wide interval
+  assert lines[4] == ("| b | decoding | 0.580 [0.53, 0.63] | 0.500 [0.45, 0.55] | 0.200 [0.15,"
+                      " 0.25] | 0.550 [0.50, 0.60] | 0.570 [0.52, 0.62] | 0.600 [0.55, 0.65] |"
+                      " no | +0.000 [+0.00, +0.00] | -0.020 |")
   assert lines[-2:] == [
-      f"{task}: VNA's ensemble beats both direct (CIs apart) in 1 of 2; VNA family >= "
-      "gabor_ridge in 1 of 2 (gap -0.020 to +0.020)" for task in ("decoding", "encoding")]
+      f"{task}: VNA's ensemble beats both direct (CIs apart) in 2 of 3; above direct "
+      "encoding's ensemble, paired interval above 0, in 1 of 3; VNA family >= gabor_ridge in"
+      " 2 of 3 (gap -0.020 to +0.020)" for task in ("decoding", "encoding")]
+
+

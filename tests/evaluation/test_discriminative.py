@@ -1,5 +1,7 @@
 """The evaluation driver: scoring of representations and the subject summary."""
 
+import json
+
 import ml_collections
 import numpy as np
 import pytest
@@ -132,3 +134,28 @@ def test_an_ensemble_of_predictions_averages_them_and_refuses_mixed_similarities
   with pytest.raises(ValueError, match="different similarities"):
     discriminative.ensemble_represent([_member(a, y, "pearson"), _member(b, y, "cosine")])(
         None, None, 0, 0)
+
+
+def test_paired_comparison_from_the_stored_query_ranks():
+  rng = np.random.default_rng(5)
+  images = rng.normal(size=(80, 16))
+  good = discriminative.score_representations(
+      _reprs(images, images + 0.8 * rng.normal(size=images.shape)), EVAL)
+  poor = discriminative.score_representations(
+      _reprs(images, images + 3.0 * rng.normal(size=images.shape)), EVAL)
+  # The ranks survive a JSON round trip and are not averaged across subjects.
+  good, poor = json.loads(json.dumps(good)), json.loads(json.dumps(poor))
+  assert len(good["query_ranks"]["decoding"]["greater"]) == 80
+  a = dict(discriminative.combine_subjects({"s": good}), per_subject={"s": good})
+  b = dict(discriminative.combine_subjects({"s": poor}), per_subject={"s": poor})
+  assert "query_ranks" not in a
+  out = discriminative.paired_comparison(a, b, "decoding", "10")
+  # The exact expectation sits within the draws' noise of the drawn report.
+  drawn = good["decoding"]["10"]["top1"] - poor["decoding"]["10"]["top1"]
+  assert out["difference"] == pytest.approx(drawn, abs=0.05)
+  assert out["ci95"][0] > 0
+  reverse = discriminative.paired_comparison(b, a, "decoding", "10")
+  assert reverse["difference"] == pytest.approx(-out["difference"])
+  del b["per_subject"]["s"]["query_ranks"]
+  with pytest.raises(ValueError, match="query_ranks"):
+    discriminative.paired_comparison(a, b, "decoding", "10")

@@ -284,3 +284,47 @@ def test_expected_top1_is_the_limit_of_the_drawn_accuracy(n_way):
 def test_expected_top1_of_a_perfect_and_a_constant_similarity():
   np.testing.assert_allclose(ident.expected_top1(np.eye(30), np.arange(30), 10), 1.0)
   np.testing.assert_allclose(ident.expected_top1(np.zeros((30, 30)), np.arange(30), 10), 0.1)
+
+
+def test_expected_success_from_query_ranks_matches_at_every_n():
+  rng = np.random.default_rng(2)
+  similarity = np.round(rng.normal(size=(60, 60)) + np.eye(60), 1)
+  ranks = ident.query_ranks(similarity)
+  assert ranks["num_candidates"] == 60
+  np.testing.assert_array_equal(ranks["greater"],
+                                (similarity > np.diag(similarity)[:, None]).sum(1))
+  for n_way in (2, 10, "all"):
+    drawn = ident.nway_accuracy(similarity, n_way, draws=4000, seed=3)["top1"]
+    success = ident.expected_success(ranks["greater"], ranks["ties"], 60, n_way)
+    assert abs(success.mean() - drawn) < 3e-3
+
+
+def test_bootstrap_query_means_resamples_each_subjects_queries():
+  values = {"a": np.array([[0.0, 1.0], [2.0, 2.0]]),
+            "b": np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 3.0]])}
+  boot = ident.bootstrap_query_means(values, 4000, np.random.default_rng(0))
+  assert boot.shape == (4000, 2)
+  # Row 0: subject a's mean is 0, 0.5 or 1 (1/4, 1/2, 1/4), b's is always 1.
+  np.testing.assert_allclose(np.unique(boot[:, 0]), [0.5, 0.75, 1.0])
+  assert boot[:, 0].mean() == pytest.approx(0.75, abs=0.01)
+  assert boot[:, 0].std() == pytest.approx(np.sqrt(0.125) / 2, rel=0.05)
+
+
+def test_paired_difference_is_narrower_than_the_unpaired_spread():
+  rng = np.random.default_rng(4)
+  # Queries differ a lot in difficulty; b is a with a fifth of its successes lost.
+  a = rng.uniform(0, 1, 200)
+  b = a * np.where(rng.uniform(size=200) < 0.2, 0.0, 1.0)
+  out = ident.paired_difference({"s": a}, {"s": b}, replicates=2000, seed=0)
+  assert out["difference"] == pytest.approx(a.mean() - b.mean())
+  lo, hi = out["ci95"]
+  assert 0 < lo < out["difference"] < hi
+  unpaired_sd = np.hypot(a.std(), b.std()) / np.sqrt(200)
+  assert (hi - lo) < 0.7 * 3.92 * unpaired_sd
+  # Identical models differ by exactly nothing; mismatched query sets are refused.
+  same = ident.paired_difference({"s": a}, {"s": a})
+  assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0]
+  with pytest.raises(ValueError, match="queries"):
+    ident.paired_difference({"s": a}, {"s": a[:-1]})
+  with pytest.raises(ValueError, match="subjects"):
+    ident.paired_difference({"s": a}, {"t": a})

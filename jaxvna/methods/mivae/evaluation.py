@@ -209,12 +209,9 @@ def ratio_ci(reprs: dict, holdout, train_names, n_way, *, replicates: int = 2000
   rng = np.random.default_rng(seed)
 
   def replicate_means(names):  # (replicates,) mean over subjects and tasks
-    per = []
-    for name in names:
-      q = successes[name].shape[1]
-      draw = rng.integers(0, q, (replicates, q))
-      per.append(successes[name][:, draw].mean(axis=(0, 2)))
-    return np.mean(per, axis=0)
+    means = identification.bootstrap_query_means({n: successes[n] for n in names},
+                                                 replicates, rng)
+    return means.mean(axis=1)
   ratios = replicate_means(holdout) / replicate_means(train_names)
   return np.percentile(ratios, [2.5, 97.5]).tolist()
 
