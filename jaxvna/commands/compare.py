@@ -97,14 +97,16 @@ def compare(a: dict, b: dict, method_a: str, method_b: str, n_way: str = "10", *
 
 
 def table(out: dict) -> str:
-  """Markdown: per subject (and over all of them) and task, A - B [95% interval], and
-  whether the interval lies above 0, below it, or spans it."""
+  """Markdown: per subject (and over all of them, when there are several) and task,
+  A - B [95% interval], and whether the interval lies above 0, below it, or spans it."""
   verdict = lambda d: ("A above B" if d["ci95"][0] > 0 else "B above A" if d["ci95"][1] < 0
                        else "not settled")
+  n = out["n_way"]
   rows = [f"A = {out['a']}", f"B = {out['b']}", "",
-          f"| subject | task | A - B, {out['n_way']}-way top-1 [95% CI over images] | |",
-          "|---|---|---|---|"]
-  for name, per_task in [*out["subjects"].items(), ("all", out["all"])]:
+          f"| subject | task | A - B, {'N=all' if n == 'all' else f'{n}-way'} top-1 [95% CI "
+          "over images] | |", "|---|---|---|---|"]
+  overall = [("all", out["all"])] if len(out["subjects"]) > 1 else []
+  for name, per_task in [*out["subjects"].items(), *overall]:
     for task in TASKS:
       d = per_task[task]
       rows.append(f"| {name} | {task} | {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, "
