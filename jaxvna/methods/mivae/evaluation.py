@@ -216,6 +216,67 @@ def ratio_ci(reprs: dict, holdout, train_names, n_way, *, replicates: int = 2000
   return np.percentile(ratios, [2.5, 97.5]).tolist()
 
 
+def same_session_ratio(zero_shot: dict, trained_in: dict, sessions, n_way="10", *,
+                       replicates: int = 2000, seed: int = 0) -> dict:
+  """Zero-shot top-1 of held-out sessions against the same sessions trained in.
+
+  `zero_shot_ratio` divides the held-out sessions' zero-shot accuracy by the TRAINING
+  subjects' accuracy, so a session that is hard for any model lowers it. This divides by
+  the same sessions' accuracy in a run that trained on them (e.g. with
+  `mivae.holdout_subjects=()`), on the same held-out images: what is lost by embedding a
+  session from its neuron features alone, session difficulty taken out.
+
+  Args:
+    zero_shot: miVAE results (`evaluate`'s output) of the run that held `sessions` out.
+    trained_in: those of a run trained on them, on the same data and split.
+    sessions: the held-out session names.
+    n_way: N of the N-way top-1.
+    replicates, seed: the bootstrap over each session's held-out images, one draw shared
+      by both runs and both tasks.
+
+  Returns {"sessions": {name: {"zero_shot", "trained_in", "ratio"}}, "zero_shot",
+  "trained_in", "ratio", "ratio_ci95"}: exact expected top-1 (from each query's rank,
+  mean of decoding and encoding; over sessions, their mean), the ratios zero-shot /
+  trained-in. The interval does not cover training seeds.
+  """
+  n = n_way if n_way == "all" else int(n_way)
+  rows = {}
+  for name in sessions:
+    per_run = []
+    for results in (zero_shot, trained_in):
+      ranks = results["per_subject"][name].get("query_ranks")
+      if ranks is None:
+        raise ValueError(f"per_subject.{name}.query_ranks: missing; the runs must be "
+                         "evaluated by a jaxvna that keeps each query's rank")
+      per_run += [identification.expected_success(ranks[t]["greater"], ranks[t]["ties"],
+                                                  ranks[t]["num_candidates"], n)
+                  for t in ("decoding", "encoding")]
+    rows[name] = np.stack(per_run)  # (4, Q): zero-shot dec, enc; trained-in dec, enc
+  means = {name: r.mean(axis=1) for name, r in rows.items()}
+  per_session = {name: {"zero_shot": float(m[:2].mean()), "trained_in": float(m[2:].mean()),
+                        "ratio": float(m[:2].mean() / m[2:].mean())}
+                 for name, m in means.items()}
+  overall = np.mean(list(means.values()), axis=0)
+  boot = identification.bootstrap_query_means(rows, replicates, np.random.default_rng(seed))
+  ratios = boot[:, :2].mean(axis=1) / boot[:, 2:].mean(axis=1)
+  return {"sessions": per_session, "zero_shot": float(overall[:2].mean()),
+          "trained_in": float(overall[2:].mean()),
+          "ratio": float(overall[:2].mean() / overall[2:].mean()),
+          "ratio_ci95": np.percentile(ratios, [2.5, 97.5]).tolist()}
+
+
+def same_session_table(out: dict, n_way="10") -> str:
+  """Markdown of `same_session_ratio`: one row per session, then all of them."""
+  rows = [f"| held-out session | zero-shot, {n_way}-way top-1 | trained in | zero-shot / "
+          "trained in |", "|---|---|---|---|"]
+  for name, r in out["sessions"].items():
+    rows.append(f"| {name} | {r['zero_shot']:.3f} | {r['trained_in']:.3f} | {r['ratio']:.3f} |")
+  lo, hi = out["ratio_ci95"]
+  rows.append(f"| all | {out['zero_shot']:.3f} | {out['trained_in']:.3f} | "
+              f"{out['ratio']:.3f} [{lo:.2f}, {hi:.2f}] |")
+  return "\n".join(rows)
+
+
 def attribution_scores(config, enc: Encoders, dataset: Dataset, train_names, workdir) -> dict:
   """Score-based attribution of the shared latents to pixels and neurons, with figures;
   against the simulator's truth (MCC, rf_corr, responsive_auc) where recordings carry it."""

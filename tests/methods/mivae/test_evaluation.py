@@ -167,3 +167,28 @@ def test_the_zero_shot_ratio_interval_covers_the_image_sampling():
   low, high = mivae_evaluation.ratio_ci(unrelated, ["c"], ["a", "b"], 10, replicates=500)
   assert high < 0.5
   assert mivae_evaluation.ratio_ci(unrelated, ["c"], ["a", "b"], 10, replicates=500) == [low, high]
+
+
+def _ranks_run(greater: dict[str, list[int]]) -> dict:
+  """miVAE results whose sessions hold only query ranks (`greater` repeated 4 times: 40
+  queries of 10 candidates; at N = 10 a query succeeds exactly when no candidate scores
+  above it), the same for both tasks."""
+  ranks = lambda g: {"greater": g * 4, "ties": [0] * 4 * len(g), "num_candidates": 10}
+  return {"per_subject": {name: {"query_ranks": {"decoding": ranks(g), "encoding": ranks(g)}}
+                          for name, g in greater.items()}}
+
+
+def test_same_session_ratio_divides_by_the_same_sessions_trained_in():
+  zero_shot = _ranks_run({"a": [0] * 5 + [1] * 5, "b": [0] * 8 + [2] * 2, "c": [0] * 10})
+  trained_in = _ranks_run({"a": [0] * 10, "b": [0] * 4 + [3] * 6, "c": [5] * 10})
+  out = mivae_evaluation.same_session_ratio(zero_shot, trained_in, ["a", "b"])
+  assert out["sessions"]["a"] == {"zero_shot": 0.5, "trained_in": 1.0, "ratio": 0.5}
+  assert out["sessions"]["b"]["ratio"] == pytest.approx(2.0)
+  assert out["ratio"] == pytest.approx(0.65 / 0.7)  # means over sessions, then the ratio
+  lo, hi = out["ratio_ci95"]
+  assert lo < out["ratio"] < hi and hi - lo < 0.4
+  table = mivae_evaluation.same_session_table(out).splitlines()
+  assert table[2] == "| a | 0.500 | 1.000 | 0.500 |" and table[-1].startswith("| all | 0.650 |")
+  del trained_in["per_subject"]["b"]["query_ranks"]
+  with pytest.raises(ValueError, match="b.query_ranks: missing"):
+    mivae_evaluation.same_session_ratio(zero_shot, trained_in, ["a", "b"])
