@@ -89,7 +89,8 @@ def _formatters():
   null = lambda out: demo.null_control_table(out["results"])  # a `jaxvna train` run's null
   return {"new_subject_sim": new_subject.summary_table, "new_subject_v4": new_subject.summary_table,
           "scaling_sim": scaling.summary_table, "scaling_v4": scaling.summary_table,
-          "mivae_sim": mivae, "mivae_sim_seed1": mivae, "mivae_v4": mivae, "dina_sim": null,
+          "mivae_sim": mivae, "mivae_sim_seed1": mivae, "mivae_v4": mivae, "mivae_v4_cpu": mivae,
+          "dina_sim": null,
           "dina_interpret_sim": interpret.summary_table,
           "dina_interpret_v4": interpret.summary_table,
           "migvis_sim": visualize.summary_table, "migvis_sim_validation": visualize.summary_table,
@@ -237,6 +238,7 @@ SPREAD_SEEDS = [("null_spread_direct_encoding_sim", 0, "demo", "direct_encoding"
                 # (not mivae_sim.json for seed 0: written by an earlier commit whose
                 # controls drew differently; retrained, the same verdicts, top-1 within 0.025)
                 ("null_spread_mivae_sim", 1, "mivae_sim_seed1", "mivae"),
+                ("null_spread_mivae_pairs_sim", 1, "mivae_sim_seed1", "mivae"),
                 ("null_spread_direct_encoding_v4_190929", 0, "v4_alone_190929",
                  "direct_encoding")]
 
@@ -256,6 +258,14 @@ def test_null_spread_seeds_are_the_runs_own_null_controls(spread_name, seed, nam
         again = checks[seed][task][n_way]
         assert again["at_chance"] == cell["at_chance"], (control, task, n_way)
         assert abs(again["top1"] - cell["top1"]) < 0.002, (control, task, n_way)
+
+
+def test_readme_mivae_same_session_table_is_the_result_files():
+  """miVAE's held-out V4 sessions zero-shot against trained in, as
+  `benchmarks/mivae_same_session.py` prints it from the two files."""
+  table = _benchmark("mivae_same_session").same_session_report(
+      _result_file("mivae_v4_cpu"), _result_file("mivae_v4_no_holdout"))
+  assert table in README, f"README's same-session table differs from the files:\n{table}"
 
 
 def test_readme_sessions_alone_table_is_the_result_files():
