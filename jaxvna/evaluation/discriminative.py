@@ -258,22 +258,24 @@ def paired_comparison(results_a: dict, results_b: dict, task: str, n_way, *,
   of the held-out images, both models scored on each replicate's images. An interval
   above 0 says a beats b on images like these.
   """
-  n = n_way if n_way == "all" else int(n_way)
   names = list(results_a["per_subject"]) if subjects is None else list(subjects)
-
-  def successes(results):
-    out = {}
-    for name in names:
-      ranks = results["per_subject"].get(name, {}).get("query_ranks")
-      if ranks is None:
-        raise ValueError(f"per_subject.{name}.query_ranks: missing (results written "
-                         "before jaxvna kept each query's rank cannot be paired)")
-      r = ranks[task]
-      out[name] = identification.expected_success(r["greater"], r["ties"],
-                                                  r["num_candidates"], n)
-    return out
+  successes = lambda results: {name: query_successes(results, name, task, n_way)
+                               for name in names}
   return identification.paired_difference(successes(results_a), successes(results_b),
                                           replicates=replicates, seed=seed)
+
+
+def query_successes(results: dict, subject: str, task: str, n_way) -> np.ndarray:
+  """(Q,) each trial-averaged query's exact expected N-way top-1 for one subject and task
+  of an `evaluate_model` output, from its stored "query_ranks"
+  (`identification.expected_success`); n_way an int >= 2 or "all", as a string or not."""
+  ranks = results["per_subject"].get(subject, {}).get("query_ranks")
+  if ranks is None:
+    raise ValueError(f"per_subject.{subject}.query_ranks: missing (results written before "
+                     "jaxvna kept each query's rank cannot be paired)")
+  r = ranks[task]
+  return identification.expected_success(r["greater"], r["ties"], r["num_candidates"],
+                                         n_way if n_way == "all" else int(n_way))
 
 
 # z of chance's band: 99%, as the check is made at several N at once.

@@ -239,19 +239,11 @@ def same_session_ratio(zero_shot: dict, trained_in: dict, sessions, n_way="10", 
   mean of decoding and encoding; over sessions, their mean), the ratios zero-shot /
   trained-in. The interval does not cover training seeds.
   """
-  n = n_way if n_way == "all" else int(n_way)
-  rows = {}
-  for name in sessions:
-    per_run = []
-    for results in (zero_shot, trained_in):
-      ranks = results["per_subject"][name].get("query_ranks")
-      if ranks is None:
-        raise ValueError(f"per_subject.{name}.query_ranks: missing; the runs must be "
-                         "evaluated by a jaxvna that keeps each query's rank")
-      per_run += [identification.expected_success(ranks[t]["greater"], ranks[t]["ties"],
-                                                  ranks[t]["num_candidates"], n)
-                  for t in ("decoding", "encoding")]
-    rows[name] = np.stack(per_run)  # (4, Q): zero-shot dec, enc; trained-in dec, enc
+  # (4, Q) per session: zero-shot decoding, encoding; trained-in decoding, encoding.
+  rows = {name: np.stack([discriminative.query_successes(results, name, task, n_way)
+                          for results in (zero_shot, trained_in)
+                          for task in ("decoding", "encoding")])
+          for name in sessions}
   means = {name: r.mean(axis=1) for name, r in rows.items()}
   per_session = {name: {"zero_shot": float(m[:2].mean()), "trained_in": float(m[2:].mean()),
                         "ratio": float(m[:2].mean() / m[2:].mean())}
