@@ -4,7 +4,8 @@ simulator, identifiability and attribution against the truth.
 Reported under `results.mivae` (see `evaluate`):
   decoding / encoding / single_trial   discriminative scores on the TRAINING subjects'
                                        held-out images (cosine of posterior means of
-                                       z_x^c and z_y^c), mean over subjects;
+                                       z_x^c and z_y^c, each set centred on its mean:
+                                       `subject_representations`), mean over subjects;
   zero_shot                            the same on subjects held out of training, embedded
                                        from their neuron features with no parameter update;
   zero_shot_ratio                      zero-shot / within-subject N-way top-1 (N =
@@ -140,12 +141,23 @@ class Encoders:
 
 
 def subject_representations(enc: Encoders, rec, subject: int, split: str) -> dict:
-  """Held-out posterior means of one recording, in `score_representations`' format."""
+  """Held-out posterior means of one recording, in `score_representations`' format, each
+  set (images, trial-averaged responses, single trials) centred on its own mean.
+
+  Why centred: the KL term ties q(z_x^c | x) to p(z^c | y), so both modalities share one
+  mean, and weak stimuli and weak responses alike sit near it. Uncentred cosine then
+  matches image contrast to population drive, which a model learns with no pairs at all
+  (miVAE trained on shuffled pairs identified above chance on the simulator,
+  `benchmarks/mivae_null_source.py`). The means use no pairing, so a model that learned
+  nothing from the pairs scores chance.
+  """
   held_out = rec.subset(rec.indices(split))
   trials, trial_images = identification.single_trial_queries(held_out.responses)
-  return dict(image_repr=enc.images(held_out.images), mean_repr=enc.responses(
-      held_out.mean_responses, subject), trial_repr=enc.responses(trials, subject),
-      trial_images=trial_images, metric="cosine")
+  centred = lambda x: x - x.mean(axis=0, keepdims=True)
+  return dict(image_repr=centred(enc.images(held_out.images)),
+              mean_repr=centred(enc.responses(held_out.mean_responses, subject)),
+              trial_repr=centred(enc.responses(trials, subject)),
+              trial_images=trial_images, metric="cosine")
 
 
 def held_out_elbo(config, model, params, dataset: Dataset, table: dict) -> float:

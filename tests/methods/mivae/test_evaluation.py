@@ -192,3 +192,41 @@ def test_same_session_ratio_divides_by_the_same_sessions_trained_in():
   del trained_in["per_subject"]["b"]["query_ranks"]
   with pytest.raises(ValueError, match="b.query_ranks: missing"):
     mivae_evaluation.same_session_ratio(zero_shot, trained_in, ["a", "b"])
+
+
+
+class _OffsetEncoders:
+  """An `Encoders` stand-in: fixed random embeddings, each modality shifted by `offset`
+  (a vector common to all its items, like the mean that miVAE's KL term gives both)."""
+
+  def __init__(self, offset):
+    self.offset = offset
+
+  def _embed(self, x, seed):
+    rng = np.random.default_rng(seed + len(x))
+    return rng.normal(size=(len(x), 16)) + self.offset[seed]
+
+  def images(self, images):
+    return self._embed(images, 0)
+
+  def responses(self, responses, subject):
+    return self._embed(responses, 1)
+
+
+def test_representations_are_centred_so_a_shared_offset_cannot_score(dataset):
+  from jaxvna.evaluation import discriminative
+  rec, config = dataset.recordings[0], tiny_config()
+  plain = mivae_evaluation.subject_representations(_OffsetEncoders(np.zeros((2, 16))), rec, 0,
+                                                   "test")
+  shifted = mivae_evaluation.subject_representations(
+      _OffsetEncoders(np.full((2, 16), 3.0)), rec, 0, "test")
+  for key in ("image_repr", "mean_repr", "trial_repr"):
+    np.testing.assert_allclose(shifted[key].mean(axis=0), 0, atol=1e-9)
+    np.testing.assert_allclose(shifted[key], plain[key], atol=1e-9)
+  assert (discriminative.score_representations(shifted, config.eval)
+          == discriminative.score_representations(plain, config.eval))
+  # Uncentred, the same offset moves every score: the centring is what removes it.
+  raw = lambda offset: discriminative.score_representations(dict(
+      plain, image_repr=plain["image_repr"] + offset, mean_repr=plain["mean_repr"] + offset),
+      config.eval)["decoding"]["2"]["top1"]
+  assert raw(3.0) != raw(0.0)
