@@ -140,7 +140,8 @@ class Encoders:
     return lambda x: self._responses(x, jnp.full((x.shape[0],), subject, jnp.int32), True)
 
 
-def subject_representations(enc: Encoders, rec, subject: int, split: str) -> dict:
+def subject_representations(enc: Encoders, rec, subject: int, split: str, *,
+                            centred: bool = True) -> dict:
   """Held-out posterior means of one recording, in `score_representations`' format, each
   set (images, trial-averaged responses, single trials) centred on its own mean.
 
@@ -149,14 +150,15 @@ def subject_representations(enc: Encoders, rec, subject: int, split: str) -> dic
   matches image contrast to population drive, which a model learns with no pairs at all
   (miVAE trained on shuffled pairs identified above chance on the simulator,
   `benchmarks/mivae_null_source.py`). The means use no pairing, so a model that learned
-  nothing from the pairs scores chance.
+  nothing from the pairs scores chance. `centred=False` gives the raw posterior means, for
+  that diagnosis.
   """
   held_out = rec.subset(rec.indices(split))
   trials, trial_images = identification.single_trial_queries(held_out.responses)
-  centred = lambda x: x - x.mean(axis=0, keepdims=True)
-  return dict(image_repr=centred(enc.images(held_out.images)),
-              mean_repr=centred(enc.responses(held_out.mean_responses, subject)),
-              trial_repr=centred(enc.responses(trials, subject)),
+  centre = (lambda x: x - x.mean(axis=0, keepdims=True)) if centred else (lambda x: x)
+  return dict(image_repr=centre(enc.images(held_out.images)),
+              mean_repr=centre(enc.responses(held_out.mean_responses, subject)),
+              trial_repr=centre(enc.responses(trials, subject)),
               trial_images=trial_images, metric="cosine")
 
 
