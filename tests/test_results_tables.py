@@ -229,6 +229,36 @@ def test_readme_null_spread_table_is_the_file_and_its_spread_the_seeds(path):
     assert module.spread(checks) == result["spread"][control], control
 
 
+def test_readme_mivae_null_source_table_is_the_file_and_centring_is_at_chance():
+  """benchmarks/mivae_null_source.py: the README's table is the file's, its summary is its
+  seeds', and scored centred (as miVAE now scores) the pairs control's mean over seeds
+  is at chance where the raw scoring's was above it."""
+  module = _benchmark("mivae_null_source")
+  result = _result_file("mivae_null_source_sim")
+  table = module.source_table(result)
+  assert table in README, f"README's table of mivae_null_source_sim.json differs:\n{table}"
+  assert module.summary(result["per_seed"]) == result["summary"]
+  for task in ("decoding", "encoding"):
+    for n_way in ("2", "10"):
+      low, high = result["summary"][f"centred/{task}/{n_way}"]["interval"]
+      assert low <= 1 / int(n_way) <= high, (task, n_way)
+  assert result["summary"]["raw/encoding/2"]["interval"][0] > 0.5
+
+
+def test_mivae_null_source_geometry_reads_the_mean_direction():
+  module = _benchmark("mivae_null_source")
+  rng = np.random.default_rng(0)
+  n, mean = 200, np.eye(8)[0] * 4
+  salience = rng.uniform(0.2, 2.0, n)
+  noise = lambda: salience[:, None] * rng.normal(size=(n, 8))
+  images = 0.5 + salience[:, None, None] * rng.choice([-0.1, 0.1], size=(n, 6, 6))
+  g = module.geometry(mean + noise(), mean + noise(), images, np.expm1(salience)[:, None])
+  assert g["cos_means"] > 0.9
+  # Salient items lie far from the mean direction, on both sides and for the same pairs.
+  assert g["alignment_contrast"] < -0.5 and g["alignment_drive"] < -0.5
+  assert g["alignment_pairs"] > 0.3
+
+
 # (spread file, seed, the result file whose run made that seed's controls, its method)
 SPREAD_SEEDS = [("null_spread_direct_encoding_sim", 0, "demo", "direct_encoding"),
                 ("null_spread_direct_encoding_sim", 1, "direct_encoding_null_seed1",
