@@ -31,13 +31,18 @@ from absl import app, flags
 from ml_collections import config_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-config_flags.DEFINE_config_file("config", str(REPO / "configs" / "mivae_sim.py"),
-                                "The config the controls were trained with.",
-                                lock_config=True)
-flags.DEFINE_integer("seeds", 12, "Controls of seeds 0..seeds-1 (W/seed_<k>/null_control).")
-flags.DEFINE_string("workdir", "workdir_null_spread_mivae", "benchmarks/null_spread.py's W.")
-flags.DEFINE_string("results", None, "Copy W/mivae_null_source.json here.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command's flags; defined when run, so that tests can import the functions beside
+  other benchmarks that define a --config of their own."""
+  config_flags.DEFINE_config_file("config", str(REPO / "configs" / "mivae_sim.py"),
+                                  "The config the controls were trained with.",
+                                  lock_config=True)
+  flags.DEFINE_integer("seeds", 12, "Controls of seeds 0..seeds-1 (W/seed_<k>/null_control).")
+  flags.DEFINE_string("workdir", "workdir_null_spread_mivae", "benchmarks/null_spread.py's W.")
+  flags.DEFINE_string("results", None, "Copy W/mivae_null_source.json here.")
 
 SCORES = [(scoring, task, n_way) for scoring in ("raw", "centred")
           for task in ("decoding", "encoding") for n_way in ("2", "10")]
@@ -169,4 +174,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   sys.exit(app.run(main))
