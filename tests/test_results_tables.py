@@ -262,12 +262,13 @@ SPREAD_SEEDS = [("null_spread_direct_encoding_sim", 0, "demo", "direct_encoding"
                  "direct_encoding"),
                 ("null_spread_direct_encoding_sim", 2, "direct_encoding_null_seed2",
                  "direct_encoding"),
-                # (not mivae_sim.json for seed 0: written by an earlier commit whose
-                # controls drew differently; retrained, the same verdicts, top-1 within 0.025)
+                ("null_spread_mivae_sim", 0, "mivae_sim", "mivae"),
+                ("null_spread_mivae_pairs_sim", 0, "mivae_sim", "mivae"),
                 ("null_spread_mivae_sim", 1, "mivae_sim_seed1", "mivae"),
                 ("null_spread_mivae_pairs_sim", 1, "mivae_sim_seed1", "mivae"),
                 ("null_spread_direct_encoding_v4_190929", 0, "v4_alone_190929",
-                 "direct_encoding")]
+                 "direct_encoding"),
+                ("null_spread_mivae_neurons_v4", 0, "mivae_v4", "mivae")]
 
 
 @pytest.mark.parametrize("spread_name, seed, name, method", SPREAD_SEEDS,
