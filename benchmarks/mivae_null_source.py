@@ -86,17 +86,14 @@ def seed_rows(config, dataset, control_dir) -> dict:
   split = control_config.eval.split
   out = {}
   for s, rec in enumerate(data.recordings):
-    row = {}
-    for scoring in ("raw", "centred"):
-      reprs = evaluation.subject_representations(enc, rec, s, split,
-                                                 centred=scoring == "centred")
+    raw = evaluation.subject_representations(enc, rec, s, split, centred=False)
+    held_out = rec.subset(rec.indices(split))
+    row = geometry(raw["image_repr"], raw["mean_repr"], held_out.images,
+                   held_out.mean_responses)
+    for scoring, reprs in (("raw", raw), ("centred", evaluation.centred_sets(raw))):
       scores = discriminative.score_representations(reprs, control_config.eval)
       row[scoring] = {task: {n: scores[task][n]["top1"] for n in ("2", "10")}
                       for task in ("decoding", "encoding")}
-      if scoring == "raw":
-        held_out = rec.subset(rec.indices(split))
-        row.update(geometry(reprs["image_repr"], reprs["mean_repr"], held_out.images,
-                            held_out.mean_responses))
     out[rec.name] = row
   return out
 

@@ -151,15 +151,21 @@ def subject_representations(enc: Encoders, rec, subject: int, split: str, *,
   (miVAE trained on shuffled pairs identified above chance on the simulator,
   `benchmarks/mivae_null_source.py`). The means use no pairing, so a model that learned
   nothing from the pairs scores chance. `centred=False` gives the raw posterior means, for
-  that diagnosis.
+  that diagnosis (`centred_sets` turns them into these).
   """
   held_out = rec.subset(rec.indices(split))
   trials, trial_images = identification.single_trial_queries(held_out.responses)
-  centre = (lambda x: x - x.mean(axis=0, keepdims=True)) if centred else (lambda x: x)
-  return dict(image_repr=centre(enc.images(held_out.images)),
-              mean_repr=centre(enc.responses(held_out.mean_responses, subject)),
-              trial_repr=centre(enc.responses(trials, subject)),
-              trial_images=trial_images, metric="cosine")
+  raw = dict(image_repr=enc.images(held_out.images),
+             mean_repr=enc.responses(held_out.mean_responses, subject),
+             trial_repr=enc.responses(trials, subject),
+             trial_images=trial_images, metric="cosine")
+  return centred_sets(raw) if centred else raw
+
+
+def centred_sets(reprs: dict) -> dict:
+  """`reprs` with image_repr, mean_repr and trial_repr each minus its own mean (axis 0)."""
+  keys = ("image_repr", "mean_repr", "trial_repr")
+  return dict(reprs, **{k: reprs[k] - reprs[k].mean(axis=0, keepdims=True) for k in keys})
 
 
 def held_out_elbo(config, model, params, dataset: Dataset, table: dict) -> float:
